@@ -1,0 +1,289 @@
+r"""Samplers: from pure noise x_T back to data x_0 with a trained noise predictor.
+
+Every sampler here takes any callable ``model_fn(x_t, t) -> model_output`` (the
+U-Net, a guided U-Net, or an analytic formula in the tests) and a
+:class:`~diffusion_lib.schedules.NoiseSchedule`. The model output is an epsilon,
+v or x_0 prediction (``prediction_type``); each step first turns it into
+\hat x_0 and \hat\epsilon with the schedule's conversions.
+
+Notation (variable name -> paper symbol):
+
+    abar_t, abar_prev -> \bar\alpha_t, \bar\alpha_{t-1} (DDPM) = \alpha_t, \alpha_{t-1} (DDIM paper)
+    x0_hat            -> \hat x_0 = f_\theta(x_t), "predicted x_0" (DDIM eq. 12)
+    eps_hat           -> \epsilon_\theta(x_t, t)
+    sigma_t           -> \sigma_t(\eta) (DDIM eq. 16)
+    lam               -> \lambda_t = log(\alpha_t / \sigma_t) (DPM-Solver; half the log-SNR)
+
+Samplers
+--------
+``ddpm``         ancestral sampling (Ho et al. 2020, Algorithm 2), generalised to skip
+                 steps: draw x_{t'} from the posterior q(x_{t'} | x_t, \hat x_0).
+``ddim``         Song et al. 2021, eq. 12; ``eta=0`` is deterministic (an ODE solver),
+                 ``eta=1`` has DDPM's variance.
+``dpmsolver++``  DPM-Solver++(2M), Lu et al. 2022, Algorithm 2: a second-order
+                 multistep solver of the probability-flow ODE in \lambda, which needs
+                 ~20 model calls where DDPM needs 1000.
+
+Timestep spacing (Lin et al. 2024, Table 2) picks which N of the T training
+timesteps are visited: ``leading`` (0, k, 2k, ... with k = T // N; diffusers' DDIM
+default), ``trailing`` (T-1, T-1-T/N, ...; starts from the noisiest step, the
+default here) and ``linspace`` (N values evenly spread over [0, T-1]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .schedules import NoiseSchedule, check_prediction_type
+
+SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+SAMPLER_ALIASES = {"dpm++": "dpmsolver++", "dpmsolver": "dpmsolver++", "dpm-solver++": "dpmsolver++"}
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def resolve_sampler_name(name: str) -> str:
+    canonical = SAMPLER_ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
+    if canonical not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
+    return canonical
+
+
+def inference_timesteps(num_train_timesteps: int, num_inference_steps: int, spacing: str = "trailing") -> torch.Tensor:
+    """The N timesteps a sampler visits, noisiest first: a (N,) int64 tensor.
+
+    :raises ValueError: for N < 1, N > T, or an unknown spacing
+    """
+    T, N = num_train_timesteps, num_inference_steps
+    if not isinstance(N, (int, np.integer)) or isinstance(N, bool) or N < 1:
+        raise ValueError(f"num_inference_steps must be a positive integer, got {N!r}")
+    if N > T:
+        raise ValueError(
+            f"num_inference_steps={N} exceeds the {T} timesteps the model was trained with; use at most {T}"
+        )
+    if spacing == "leading":
+        # 0, k, 2k, ..., (N-1)k with k = T // N
+        steps = np.arange(0, N) * (T // N)
+    elif spacing == "trailing":
+        # T-1, T-1 - T/N, ..., rounded: always starts at the pure-noise end
+        steps = np.round(np.arange(T, 0, -T / N)).astype(np.int64) - 1
+    elif spacing == "linspace":
+        steps = np.linspace(0, T - 1, N).round()
+    else:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; valid: {', '.join(TIMESTEP_SPACINGS)}")
+    steps = np.sort(steps.astype(np.int64))[::-1].copy()
+    return torch.from_numpy(steps)
+
+
+def randn(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device, then moved.
+
+    Drawing on the generator's own device makes a CPU-seeded run give the same
+    noise whether the model runs on the CPU or a GPU.
+    """
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+# --------------------------------------------------------------------------- steps
+def ddpm_step(
+    schedule: NoiseSchedule,
+    model_output: torch.Tensor,
+    t: int,
+    t_prev: int,
+    x_t: torch.Tensor,
+    noise: torch.Tensor | None,
+    prediction_type: str = "epsilon",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""One ancestral step x_t -> x_{t'} (t' = t_prev < t; -1 means "done").
+
+    1. \hat x_0 from the model output
+    2. posterior q(x_{t'} | x_t, \hat x_0): mean \tilde\mu and variance \tilde\beta (Ho et al. eq. 7)
+    3. x_{t'} = \tilde\mu + sqrt(\tilde\beta) z,  z ~ N(0, I)   (no noise on the last step)
+
+    :returns: (x_{t'}, \hat x_0), both shaped like ``x_t``
+    """
+    tt = torch.full((x_t.shape[0],), t, dtype=torch.long)
+    # 1. \hat x_0
+    x0_hat = schedule.pred_x0(model_output, x_t, tt, prediction_type)
+    # 2. posterior mean and variance for the jump t -> t'
+    mean, var = schedule.posterior_mean_variance(x0_hat, x_t, tt, torch.full_like(tt, t_prev))
+    # 3. x_{t'} = \tilde\mu + sqrt(\tilde\beta) z
+    if t_prev >= 0 and noise is not None:
+        return mean + var.clamp(min=1e-20).sqrt() * noise, x0_hat
+    return mean, x0_hat
+
+
+def ddim_step(
+    schedule: NoiseSchedule,
+    model_output: torch.Tensor,
+    t: int,
+    t_prev: int,
+    x_t: torch.Tensor,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+    prediction_type: str = "epsilon",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""One DDIM step x_t -> x_{t'} (Song et al. 2021, eq. 12 and 16).
+
+    :returns: (x_{t'}, \hat x_0)
+    """
+    tt = torch.full((x_t.shape[0],), t, dtype=torch.long)
+    # 1. \bar\alpha_t and \bar\alpha_{t'} (\bar\alpha_{-1} = 1: the last step lands on x_0)
+    abar_t = schedule.alphas_cumprod[t].item()
+    abar_prev = schedule.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
+    # 2. "predicted x_0" and the noise direction
+    x0_hat = schedule.pred_x0(model_output, x_t, tt, prediction_type)
+    eps_hat = schedule.pred_eps(model_output, x_t, tt, prediction_type)
+    # 3. sigma_t(eta)^2 = eta^2 (1 - \bar\alpha_{t'}) / (1 - \bar\alpha_t) (1 - \bar\alpha_t / \bar\alpha_{t'})   (eq. 16)
+    variance = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
+    sigma = eta * variance**0.5
+    # 4. "direction pointing to x_t": sqrt(1 - \bar\alpha_{t'} - sigma_t^2) \hat\epsilon
+    direction = max(1 - abar_prev - sigma**2, 0.0) ** 0.5 * eps_hat
+    # 5. x_{t'} = sqrt(\bar\alpha_{t'}) \hat x_0 + direction + sigma_t z   (eq. 12)
+    x_prev = abar_prev**0.5 * x0_hat + direction
+    if sigma > 0 and noise is not None:
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0_hat
+
+
+class DPMSolverPP2M:
+    r"""DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) for the data-prediction ODE.
+
+    With \alpha_t = sqrt(\bar\alpha_t), \sigma_t = sqrt(1 - \bar\alpha_t), \lambda_t = log(\alpha_t / \sigma_t)
+    and h = \lambda_t - \lambda_s, the exact solution of the diffusion ODE from s to t is
+
+        x_t = (\sigma_t / \sigma_s) x_s + \sigma_t \int_{\lambda_s}^{\lambda_t} e^\lambda \hat x_0(\lambda) d\lambda.
+
+    Holding \hat x_0 constant gives the first-order step (= DDIM with eta 0); a linear
+    extrapolation from the previous step's \hat x_0 gives the second-order "2M" step.
+    The state (previous \hat x_0 and \lambda) lives in the instance: one instance per
+    sampling run.
+    """
+
+    def __init__(self, schedule: NoiseSchedule):
+        self.schedule = schedule
+        self.prev_x0: torch.Tensor | None = None
+        self.prev_lambda: float | None = None
+
+    def _alpha_sigma_lambda(self, t: int) -> tuple[float, float, float]:
+        abar = self.schedule.alphas_cumprod[t].item()
+        alpha, sigma = abar**0.5, (1 - abar) ** 0.5
+        return alpha, sigma, float(np.log(alpha) - np.log(sigma))
+
+    def step(self, model_output: torch.Tensor, t: int, t_next: int, x: torch.Tensor, prediction_type: str = "epsilon") -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance ``x`` from timestep ``t`` to ``t_next`` (-1: the end, sigma = 0).
+
+        :returns: (x_{t_next}, \\hat x_0 at t)
+        """
+        tt = torch.full((x.shape[0],), t, dtype=torch.long)
+        x0_hat = self.schedule.pred_x0(model_output, x, tt, prediction_type)
+        alpha_s, sigma_s, lam_s = self._alpha_sigma_lambda(t)
+        if t_next < 0:
+            # sigma = 0 at the end: lambda = +inf and the step returns \hat x_0 itself (first order)
+            x_next = x0_hat
+        else:
+            alpha_t, sigma_t, lam_t = self._alpha_sigma_lambda(t_next)
+            # h = \lambda_t - \lambda_s
+            h = lam_t - lam_s
+            # first order: x_t = (\sigma_t/\sigma_s) x_s - \alpha_t (e^{-h} - 1) D_0
+            D = x0_hat
+            if self.prev_x0 is not None:
+                # r_0 = h_0 / h with h_0 = \lambda_s - \lambda_{s-1};  D_1 = (\hat x_0 - \hat x_0^{prev}) / r_0
+                r0 = (lam_s - self.prev_lambda) / h
+                # second order (midpoint): D = D_0 + D_1 / 2
+                D = x0_hat + 0.5 * (x0_hat - self.prev_x0) / r0
+            x_next = (sigma_t / sigma_s) * x - alpha_t * np.expm1(-h) * D
+        self.prev_x0, self.prev_lambda = x0_hat, lam_s
+        return x_next, x0_hat
+
+
+# ------------------------------------------------------------------------- the loop
+@dataclass
+class Trajectory:
+    """What a sampling run went through, for plots and animations.
+
+    ``timesteps[i]`` is the timestep of step i; ``x[i]`` the input x_t of that step
+    (``x[-1]`` the final sample, so ``len(x) == len(timesteps) + 1``); ``x0_pred[i]`` the
+    model's \\hat x_0 at that step. Tensors are on the CPU.
+    """
+
+    timesteps: list[int] = field(default_factory=list)
+    x: list[torch.Tensor] = field(default_factory=list)
+    x0_pred: list[torch.Tensor] = field(default_factory=list)
+
+
+def sample(
+    model_fn: ModelFn,
+    shape: tuple[int, ...],
+    schedule: NoiseSchedule,
+    sampler: str = "dpmsolver++",
+    num_inference_steps: int = 20,
+    prediction_type: str = "epsilon",
+    eta: float = 0.0,
+    timestep_spacing: str = "trailing",
+    generator: torch.Generator | None = None,
+    x_T: torch.Tensor | None = None,
+    return_trajectory: bool = False,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
+    r"""Generate samples by integrating the reverse process from x_T ~ N(0, I).
+
+    :param model_fn: ``model_fn(x_t (B, ...), t (B,) int64) -> output (B, ...)``
+    :param shape: the shape of the batch, e.g. (B, 4, 8, 8)
+    :param sampler: ``ddpm``, ``ddim`` or ``dpmsolver++``
+    :param num_inference_steps: N, 1..T
+    :param eta: DDIM's stochasticity (0 = deterministic ODE, 1 = DDPM-like); DDIM only
+    :param generator: makes the initial and per-step noise reproducible
+    :param x_T: start from this noise instead of drawing it
+    :param return_trajectory: also return a :class:`Trajectory`
+    :returns: x_0 (``shape``) or ``(x_0, trajectory)``
+    """
+    sampler = resolve_sampler_name(sampler)
+    check_prediction_type(prediction_type)
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
+    if eta != 0 and sampler != "ddim":
+        raise ValueError(f"eta={eta} only applies to the ddim sampler, not {sampler!r}")
+    if schedule.alphas_cumprod[-1] == 0 and prediction_type == "epsilon":
+        raise ValueError(
+            "this schedule has zero terminal SNR: at t = T-1 an epsilon prediction says nothing about x_0. "
+            "Train and sample with prediction_type='v_prediction'."
+        )
+    timesteps = inference_timesteps(schedule.num_train_timesteps, num_inference_steps, timestep_spacing).tolist()
+    if device is None:
+        device = x_T.device if x_T is not None else "cpu"
+    x = randn(shape, generator, device, dtype) if x_T is None else x_T.to(device=device, dtype=dtype)
+    trajectory = Trajectory() if return_trajectory else None
+    solver = DPMSolverPP2M(schedule) if sampler == "dpmsolver++" else None
+
+    for i, t in enumerate(tqdm(timesteps, desc=sampler, disable=not progress, leave=False)):
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        t_batch = torch.full((shape[0],), t, dtype=torch.long, device=device)
+        with torch.no_grad():
+            out = model_fn(x, t_batch)
+        if trajectory is not None:
+            trajectory.timesteps.append(t)
+            trajectory.x.append(x.detach().cpu())
+        if sampler == "ddpm":
+            noise = randn(shape, generator, device, dtype) if t_prev >= 0 else None
+            x, x0_hat = ddpm_step(schedule, out, t, t_prev, x, noise, prediction_type)
+        elif sampler == "ddim":
+            noise = randn(shape, generator, device, dtype) if eta > 0 and t_prev >= 0 else None
+            x, x0_hat = ddim_step(schedule, out, t, t_prev, x, eta, noise, prediction_type)
+        else:
+            x, x0_hat = solver.step(out, t, t_prev, x, prediction_type)
+        if trajectory is not None:
+            trajectory.x0_pred.append(x0_hat.detach().cpu())
+    if trajectory is not None:
+        trajectory.x.append(x.detach().cpu())
+        return x, trajectory
+    return x
