@@ -44,6 +44,8 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates the file owner-only; shipped files must be readable by everyone
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -133,7 +135,9 @@ def save_component(
             value = value.to(dtype)
         out[key] = value.contiguous()
     weights = directory / f"{name}.safetensors"
-    atomic_write_bytes(weights, st_save(out, metadata={"format": "pt", "component": name}))
+    # one metadata key only: a multi-key header is written in varying order, and the same
+    # weights must give the same bytes (and SHA-256) every time they are saved
+    atomic_write_bytes(weights, st_save(out, metadata={"format": "pt"}))
     atomic_write_text(directory / f"{name}.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     update_checksums(directory, [weights.name, f"{name}.json"])
     return weights

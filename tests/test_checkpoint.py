@@ -99,3 +99,11 @@ def test_loading_never_unpickles(tmp_path):
     (tmp_path / "net.json").write_text("{}")
     with pytest.raises(CheckpointError):
         load_component(tmp_path, "net", verify=False)
+
+
+def test_saving_is_reproducible_and_world_readable(tmp_path):
+    net = small_net()
+    save_component(tmp_path / "a", "net", net, {"width": 4})
+    save_component(tmp_path / "b", "net", net, {"width": 4})
+    assert (tmp_path / "a" / "net.safetensors").read_bytes() == (tmp_path / "b" / "net.safetensors").read_bytes()
+    assert (tmp_path / "a" / "net.safetensors").stat().st_mode & 0o777 == 0o644

@@ -1,0 +1,956 @@
+r"""Training the denoiser (prompt encoder + U-Net) on the latents of a frozen autoencoder.
+
+Latent diffusion trains in two stages. The autoencoder is trained first and then
+frozen; every training image is encoded ONCE into its scaled latent
+
+    z_0 = s * mu(x)        (s = the autoencoder's measured scale_factor, mu = posterior mode)
+
+and the denoiser learns to remove noise from those latents. One training step
+(Ho et al. 2020, Algorithm 1, with a text condition c):
+
+    1. take a batch of latents z_0 and their class prompts c
+    2. draw t ~ U{0, ..., T-1} and \epsilon ~ N(0, I)
+    3. noise:  z_t = sqrt(\bar\alpha_t) z_0 + sqrt(1 - \bar\alpha_t) \epsilon     (q(z_t | z_0))
+    4. condition dropout: c <- "" with probability p_drop, so that the SAME network
+       also learns the unconditional model needed by classifier-free guidance
+       (Ho & Salimans 2022)
+    5. loss:  L = || target - f_\theta(z_t, t, c) ||^2,  target = \epsilon (epsilon
+       prediction) or v = sqrt(\bar\alpha_t) \epsilon - sqrt(1 - \bar\alpha_t) z_0
+    6. AdamW step on L, after clipping the gradient norm
+    7. exponential moving average of the weights:
+           \theta_ema <- d \theta_ema + (1 - d) \theta
+
+The prompts are the class names put into the templates "a photo of a {}", "a {}"
+and "{}", chosen at random per example. All are tokenised once before training;
+a step only indexes a table, so the data never leave the device.
+
+Learning rate: linear warm-up over ``warmup_steps`` optimizer steps, then constant
+(Stable Diffusion's recipe; the EMA does the averaging) or a cosine decay to 0 at
+the last epoch. A cosine schedule's horizon is ``epochs``, so resuming a cosine
+run with a larger ``--epochs`` changes the remaining learning rates; a constant
+schedule resumes exactly with any ``--epochs``.
+
+Files in ``out_dir`` (written through :mod:`diffusion_lib.checkpoint`: atomic, listed in
+``SHA256SUMS``); the autoencoder is copied when a run starts, the rest after every epoch:
+
+=============================================  ==========================================================
+``denoiser.safetensors/.json``                 EMA weights + config: what ``Pipeline.from_pretrained`` loads
+``vae.safetensors/.json``                      a copy of the frozen autoencoder, so the folder is complete
+``denoiser_epochEEE.safetensors/.json``        fp16 EMA snapshots at ``snapshot_epochs`` (the "ladder")
+``train_state.safetensors/.json``              raw and EMA weights, AdamW moments, step, epoch and RNG
+                                               states: everything ``--resume`` needs
+``train_log.jsonl``                            one JSON line per epoch: epoch, step, loss, lr, images/s, ...
+=============================================  ==========================================================
+
+Resuming (``resume=True`` / ``--resume``) continues after the last complete epoch.
+All training randomness (the permutation, t, \epsilon, templates, condition dropout)
+comes from one dedicated ``torch.Generator``; its state is saved with the epoch, as is
+torch's global RNG (used by dropout layers), so on the CPU with a fixed seed
+"2 epochs" and "1 epoch, then resume to 2" give bitwise identical weights. The
+optimizer's settings (learning rate, ...) are taken from the current config, so a
+resumed run may change them; the model must stay the same.
+
+Stopping: Ctrl-C (``KeyboardInterrupt``) leaves the last complete epoch's files
+untouched (each file is replaced atomically, and only at the end of an epoch),
+prints the command that resumes, and re-raises; the command line exits with code
+130. A non-finite loss or gradient stops training with a :class:`TrainingError`
+naming the epoch and step; nothing of the failing epoch is written.
+
+Several processes: under ``torchrun --nproc_per_node=K -m diffusion_lib train ...``
+(``RANK`` / ``WORLD_SIZE`` set) each process joins a process group (gloo on the
+CPU, nccl on CUDA), the model is wrapped in ``DistributedDataParallel``, and each
+rank trains on its own disjoint slice of every global batch. ``batch_size`` is the
+GLOBAL batch (summed over ranks), and every rank draws the same random numbers
+for the whole batch and keeps its slice, so K processes follow the same
+trajectory as one process, up to floating-point rounding (and dropout-layer masks,
+which each rank draws itself). Only rank 0 writes files and shows progress bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .autoencoder import load_autoencoder
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    atomic_write_text,
+    load_component,
+    load_into,
+    save_component,
+    sha256_file,
+    update_checksums,
+)
+from .data import DATASETS, FASHION_MNIST_CLASSES, MNIST_CLASSES, load_split, to_model_space
+from .denoiser import PREDICTION_TYPES, Denoiser, DenoiserConfig, default_denoiser_config
+from .device import resolve_device
+from .schedules import NoiseSchedule, resolve_schedule_name
+from .text_encoder import PROMPT_TEMPLATES, Tokenizer
+
+STATE = "train_state"  # component name of the resumable training state
+DENOISER = "denoiser"  # component name of the EMA weights the pipeline loads
+VAE = "vae"
+LOG_FILE = "train_log.jsonl"
+STATE_FORMAT = 1
+CLASS_NAMES = {"fashion-mnist": FASHION_MNIST_CLASSES, "mnist": MNIST_CLASSES}
+MODEL_OPTIONS = ("denoiser", "unet", "prompt", "prediction_type", "schedule", "rescale_zero_terminal_snr")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or go on (bad settings, nothing to resume, a non-finite loss, ...)."""
+
+
+# ----------------------------------------------------------------------------- configuration
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in ``train_state.json``).
+
+    :param out_dir: folder for checkpoints and the log (created if needed)
+    :param epochs: train until this many epochs are complete (also when resuming)
+    :param batch_size: images per optimizer step, summed over all processes
+    :param lr: peak AdamW learning rate, reached after ``warmup_steps``
+    :param weight_decay: AdamW decoupled weight decay, applied to weight matrices and
+        conv kernels only (not to biases and normalisation scales)
+    :param warmup_steps: optimizer steps of linear learning-rate warm-up
+    :param lr_schedule: ``"constant"`` after warm-up, or ``"cosine"`` decay to 0 at ``epochs``
+    :param ema_decay: d in theta_ema <- d theta_ema + (1 - d) theta (warmed up, see :class:`EMA`)
+    :param grad_clip: clip the global gradient norm to this value (0 = no clipping)
+    :param cond_drop_prob: probability of replacing a prompt by "" (classifier-free guidance)
+    :param seed: seeds the weights' initialisation and every random draw of training
+    :param device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` ...)
+    :param vae_dir: folder holding the frozen autoencoder (``vae.safetensors`` + ``vae.json``); it is
+        copied into ``out_dir``, and a resumed run uses that copy
+    :param limit: train on the first ``limit`` training images only (quick runs); None = all
+    :param dataset: ``"fashion-mnist"`` or ``"mnist"``
+    :param prediction_type: ``"epsilon"`` or ``"v_prediction"``; None keeps the model config's
+    :param schedule: noise schedule name (``"scaled_linear"``, ``"cosine"``, ...); None keeps the model config's
+    :param rescale_zero_terminal_snr: None keeps the model config's; True pairs with v-prediction
+    :param denoiser: a full ``DenoiserConfig.to_dict()``; None = ``default_denoiser_config()``
+    :param unet: overrides of ``UNetConfig`` fields, e.g. ``{"base_channels": 32}``
+    :param prompt: overrides of ``PromptEncoderConfig`` fields, e.g. ``{"layers": 1}``
+    :param snapshot_epochs: epochs after which fp16 EMA snapshots are kept
+    :param resume: continue the run saved in ``out_dir``
+    :param overwrite: allow a fresh run to replace a run already saved in ``out_dir``
+    :param progress: show tqdm progress bars
+    :param num_threads: CPU threads while training (restored afterwards); None leaves torch's setting.
+        On a busy machine fewer threads can be much faster: idle-waiting threads stall every op
+    :param compile: ``torch.compile`` the denoiser (faster steps on CUDA after a warm-up)
+    """
+
+    out_dir: str
+    epochs: int
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 250
+    lr_schedule: str = "constant"
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    cond_drop_prob: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    vae_dir: str = "checkpoints"
+    limit: int | None = None
+    dataset: str = "fashion-mnist"
+    prediction_type: str | None = None
+    schedule: str | None = None
+    rescale_zero_terminal_snr: bool | None = None
+    denoiser: dict | None = None
+    unet: dict = field(default_factory=dict)
+    prompt: dict = field(default_factory=dict)
+    snapshot_epochs: tuple[int, ...] = (1, 2, 5, 10, 25, 50)
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    num_threads: int | None = None
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        self.out_dir = str(self.out_dir)
+        self.vae_dir = str(self.vae_dir)
+        self.snapshot_epochs = tuple(int(e) for e in self.snapshot_epochs)
+        self.unet = dict(self.unet or {})
+        self.prompt = dict(self.prompt or {})
+
+    def validate(self) -> None:
+        """Raise :class:`TrainingError` naming the first setting that cannot work."""
+        e, b = self.epochs, self.batch_size
+        checks = [
+            (isinstance(e, int) and e >= 1, f"epochs must be an integer >= 1, got {e!r}"),
+            (isinstance(b, int) and b >= 1, f"batch_size must be an integer >= 1, got {b!r}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.lr_schedule in ("constant", "cosine"),
+             f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"),
+            (0.0 <= self.ema_decay < 1.0, f"ema_decay must lie in [0, 1), got {self.ema_decay}"),
+            (self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}"),
+            (0.0 <= self.cond_drop_prob <= 1.0, f"cond_drop_prob must lie in [0, 1], got {self.cond_drop_prob}"),
+            (self.limit is None or self.limit >= 1, f"limit must be >= 1 or None (all images), got {self.limit}"),
+            (self.dataset in DATASETS, f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TrainingError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["snapshot_epochs"] = list(self.snapshot_epochs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+    def has_model_options(self) -> bool:
+        """True when this config says anything about the model (used when resuming)."""
+        return any(getattr(self, name) not in (None, {}) for name in MODEL_OPTIONS)
+
+
+def build_denoiser_config(config: TrainConfig) -> DenoiserConfig:
+    """The model to train: ``config.denoiser`` (or the default size for the dataset's classes)
+    with the overrides of ``config`` applied.
+
+    Setting only one of ``prompt.dim`` / ``unet.context_dim`` sets both, since the
+    U-Net's cross-attention reads the prompt encoder's vectors.
+    """
+    if config.denoiser is not None:
+        base = DenoiserConfig.from_dict(config.denoiser)
+    else:
+        base = default_denoiser_config(tokenizer=Tokenizer(CLASS_NAMES[config.dataset]))
+    d = base.to_dict()
+    for part, overrides in (("unet", config.unet), ("prompt", config.prompt)):
+        unknown = sorted(set(overrides) - set(d[part]))
+        if unknown:
+            raise TrainingError(f"unknown {part} setting(s) {unknown}; valid: {sorted(d[part])}")
+        d[part].update(overrides)
+    if "dim" in config.prompt and "context_dim" not in config.unet:
+        d["unet"]["context_dim"] = d["prompt"]["dim"]
+    if "context_dim" in config.unet and "dim" not in config.prompt:
+        d["prompt"]["dim"] = d["unet"]["context_dim"]
+    try:
+        if config.prediction_type is not None:
+            d["prediction_type"] = config.prediction_type
+        if config.schedule is not None:
+            d["schedule"]["name"] = resolve_schedule_name(config.schedule)
+        if config.rescale_zero_terminal_snr is not None:
+            d["schedule"]["rescale_zero_terminal_snr"] = bool(config.rescale_zero_terminal_snr)
+        NoiseSchedule.from_dict(d["schedule"])  # fails early, and clearly, for a bad schedule
+        return DenoiserConfig.from_dict(d)
+    except (TypeError, ValueError) as err:
+        raise TrainingError(f"the denoiser settings do not make a valid model: {err}") from err
+
+
+# ------------------------------------------------------------------------------ small pieces
+class EMA:
+    r"""Exponential moving average of a model's weights (Polyak averaging).
+
+        \theta_ema <- d_k \theta_ema + (1 - d_k) \theta,    d_k = min(d, (1 + k) / (10 + k))
+
+    The warm-up of d_k (k = optimizer steps so far) keeps the average from being
+    dominated by the random initialisation early on: after 200 steps d_k ~ 0.95,
+    an average over the last ~20 steps, while a fixed d = 0.999 would still carry
+    ~80% of the initial weights.
+
+    :param model: the module whose weights are averaged; ``shadow`` is a frozen copy
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def decay_at(self, step: int) -> float:
+        # d_k = min(d, (1 + k) / (10 + k))
+        return min(self.decay, (1.0 + step) / (10.0 + step))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        """Move the average towards ``model``'s weights (k = ``step``); buffers are copied."""
+        d = self.decay_at(step)
+        # theta_ema = d theta_ema + (1 - d) theta  ==  lerp(theta_ema, theta, 1 - d), all tensors at once
+        torch._foreach_lerp_(list(self.shadow.parameters()), [p.detach() for p in model.parameters()], 1.0 - d)
+        for mine, theirs in zip(self.shadow.buffers(), model.buffers()):
+            mine.copy_(theirs)  # buffers are not learned: nothing to average
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``."""
+    if config.warmup_steps > 0 and step < config.warmup_steps:
+        # linear warm-up: lr_k = lr * (k + 1) / warmup_steps
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "cosine":
+        # lr_k = lr * (1 + cos(pi * progress)) / 2, progress from 0 (end of warm-up) to 1 (last step)
+        progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr
+
+
+def steps_per_epoch(num_images: int, batch_size: int, world_size: int) -> int:
+    """Optimizer steps per epoch: full batches, plus the remainder if every rank gets an image of it."""
+    full, rest = divmod(num_images, batch_size)
+    return full + (1 if rest >= world_size else 0)
+
+
+def shard(n: int, rank: int, world_size: int) -> slice:
+    """The part of a global batch of ``n`` examples that ``rank`` trains on (near-equal, disjoint)."""
+    return slice(rank * n // world_size, (rank + 1) * n // world_size)
+
+
+def _progress(iterable, enabled: bool, **kwargs):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kwargs)
+
+
+@dataclass
+class _Distributed:
+    """This process's place in a (possibly single-process) training job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device_name: str) -> "_Distributed":
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), False)
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return cls()
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
+        use_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        return cls(rank, world_size, local_rank, True)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def close(self) -> None:
+        if self.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------- data
+@torch.no_grad()
+def encode_latents(vae: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 500,
+                   progress: bool = True) -> torch.Tensor:
+    """Encode uint8 images (N, 28, 28) once into scaled latents z_0 (N, C, h, w) on ``device``.
+
+    z_0 = s * mu(x): the posterior mode, not a sample, so the cache is deterministic.
+    """
+    scale = float(vae.config.scale_factor)
+    chunks = []
+    starts = range(0, images.shape[0], batch_size)
+    for start in _progress(starts, progress, desc="encoding latents", unit="batch", leave=False):
+        x = to_model_space(images[start : start + batch_size]).to(device)
+        # z_0 = s * mode(q(z | x))
+        chunks.append(scale * vae.encode(x).mode().float())
+    return torch.cat(chunks)
+
+
+def prompt_table(
+    denoiser: Denoiser, class_names: tuple[str, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All prompts tokenised once: ``table[class, template]`` (C, K, L) and the empty prompt (L,)."""
+    prompts = [template.format(name) for name in class_names for template in PROMPT_TEMPLATES]
+    tokens = denoiser.encode_prompts(prompts).to(device)
+    table = tokens.reshape(len(class_names), len(PROMPT_TEMPLATES), -1)
+    empty = denoiser.encode_prompts([""]).to(device)[0]
+    return table, empty
+
+
+# ---------------------------------------------------------------------------- training state
+def state_tensors(model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                   device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Flatten everything ``--resume`` needs into ``{name: tensor}`` plus JSON-able scalars."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.shadow.state_dict().items()})
+    scalars: dict[str, Any] = {}
+    # optimizer.state_dict() = {"state": {param index: {"step": t, "exp_avg": t, ...}}, "param_groups": [...]};
+    # the param groups are rebuilt from the config, so only the per-parameter state is stored
+    for index, per_param in optimizer.state_dict()["state"].items():
+        for key, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    tensors["rng.generator"] = generator.get_state()
+    tensors["rng.torch_cpu"] = torch.get_rng_state()
+    if device.type == "cuda":
+        tensors["rng.torch_cuda"] = torch.cuda.get_rng_state(device)
+    return tensors, scalars
+
+
+def restore_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: nn.Module, ema: EMA,
+                   optimizer: torch.optim.Optimizer, generator: torch.Generator, device: torch.device,
+                   source: Path) -> None:
+    """Put the state written by :func:`state_tensors` back into freshly built objects.
+
+    The optimizer's hyper-parameters come from the current config (only the moments
+    and step counts are loaded), so a resumed run may change e.g. the learning rate.
+    """
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    load_into(model, part("model."), source)
+    load_into(ema.shadow, part("ema."), source)
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in part("optimizer.").items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for key, value in meta.get("optimizer_scalars", {}).items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    current = optimizer.state_dict()
+    if state and set(state) != set(range(sum(len(g["params"]) for g in current["param_groups"]))):
+        raise CheckpointError(f"{source}: the optimizer state does not fit the model. Start a fresh run.")
+    current["state"] = state
+    optimizer.load_state_dict(current)
+    torch.set_rng_state(tensors["rng.torch_cpu"])
+    if meta.get("device_type", "cpu") == device.type:
+        generator.set_state(tensors["rng.generator"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.torch_cuda"], device)
+    else:
+        # a CPU generator's state means nothing to a CUDA generator (and back): start a new stream
+        generator.manual_seed(int(meta["train_config"]["seed"]) + int(meta["epoch"]))
+        print(f"note: the run was saved on {meta.get('device_type')} and resumes on {device.type}; training "
+              "goes on correctly but draws different random numbers than it would have on the same device.")
+
+
+def _config_differences(saved: Any, new: Any, prefix: str = "") -> list[str]:
+    """Readable ``key: saved -> new`` lines for two nested config dicts."""
+    if isinstance(saved, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(saved) | set(new)):
+            out += _config_differences(saved.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
+        return out
+    return [] if saved == new else [f"{prefix.rstrip('.')}: {saved!r} -> {new!r}"]
+
+
+def _copy_component(src: Path, dst: Path, name: str) -> None:
+    """Copy NAME.safetensors + NAME.json byte for byte (checked, atomic, recorded in SHA256SUMS).
+
+    The run's folder carries its own autoencoder, so ``Pipeline.from_pretrained(out_dir)``
+    needs nothing else, and the copy keeps the SHA-256 the run recorded.
+    """
+    load_component(src, name)  # verifies the source against its SHA256SUMS
+    files = [f"{name}.safetensors", f"{name}.json"]
+    for file in files:
+        atomic_write_bytes(dst / file, (src / file).read_bytes())
+    update_checksums(dst, files)
+
+
+def _write_log(out_dir: Path, history: list[dict]) -> None:
+    """Rewrite ``train_log.jsonl`` (atomically) from the history of complete epochs."""
+    atomic_write_text(out_dir / LOG_FILE, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
+
+
+# -------------------------------------------------------------------------------- training
+def train(config: TrainConfig) -> list[dict[str, Any]]:
+    """Train (or resume training) the denoiser; see the module docstring for the recipe and files.
+
+    :returns: one metrics dict per complete epoch of the run (earlier epochs of a
+        resumed run included): ``epoch, step, loss, lr, images, images_per_s, wall_s, world_size``
+    :raises TrainingError: bad settings, nothing to resume, a model that does not
+        match the saved run, or a non-finite loss (the last good checkpoint is kept)
+    :raises KeyboardInterrupt: re-raised after saying how to resume
+    """
+    config.validate()
+    threads = torch.get_num_threads()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    dist = _Distributed.from_env(config.device)
+    try:
+        return Trainer(config, dist).fit()
+    finally:
+        dist.close()
+        torch.set_num_threads(threads)
+
+
+class Trainer:
+    """One training run: the cached latents, the model, its EMA, the optimizer and the RNG.
+
+    ``Trainer(config).fit()`` is what :func:`train` does; :meth:`train_step` is
+    the heart of it (the numbered steps of the module docstring).
+    """
+
+    def __init__(self, config: TrainConfig, dist: _Distributed | None = None):
+        self.config = config
+        self.dist = dist or _Distributed()
+        self.out_dir, self.vae_dir = Path(config.out_dir), Path(config.vae_dir)
+        try:
+            self.device = resolve_device(config.device, self.dist.local_rank)
+        except ValueError as err:
+            raise TrainingError(str(err)) from err
+        self.show = config.progress and self.dist.is_main
+        if self.device.type == "cuda":
+            # TF32 for the float32 matmuls that bf16 autocast leaves
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        saved = self._saved_run() if config.resume else None
+        self.model_config = self._model_config(saved)
+
+        # the frozen autoencoder is needed once: to fill the latent cache
+        vae_source = self.vae_dir if saved is None else self._run_vae(saved[1]["vae_sha256"])
+        vae = load_autoencoder(vae_source, device=self.device)
+        self.vae_sha = sha256_file(vae_source / f"{VAE}.safetensors")
+        images = load_split("train", dataset=config.dataset)
+        if config.limit is not None:
+            images = images.subset(config.limit)
+        self.class_names = images.class_names
+        self.latents = encode_latents(vae, images.images, self.device, progress=self.show)  # (N, C, h, w)
+        self.labels = images.labels.to(self.device)  # (N,)
+        del vae, images
+
+        torch.manual_seed(config.seed)  # the weights' initialisation
+        self.model = Denoiser(self.model_config).to(self.device).train()
+        self.ema = EMA(self.model, config.ema_decay)
+        self.optimizer = make_optimizer(self.model, config, self.device)
+        # one generator for every random draw of training, so a resumed run draws the same numbers
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.schedule = NoiseSchedule.from_dict(self.model_config.schedule)
+        self.prompts, self.empty_prompt = prompt_table(self.model, self.class_names, self.device)
+        self.epoch, self.step = 0, 0
+        self.saved_epoch = 0  # the last epoch whose files are all written
+        self.history: list[dict[str, Any]] = []
+        if saved is not None:
+            self._restore(*saved)
+
+        self.train_model: nn.Module = self.model
+        if config.compile:
+            self.model.compile()
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        self.steps_per_epoch = steps_per_epoch(len(self.latents), config.batch_size, self.dist.world_size)
+        if self.steps_per_epoch == 0:
+            raise TrainingError(
+                f"{len(self.latents)} images cannot be shared by {self.dist.world_size} processes; use more images"
+            )
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # non-finite check: every step on the CPU (cheap); every 20 on a GPU, which then runs ahead of Python
+        self.check_every = 1 if self.device.type == "cpu" else 20
+
+    # ----------------------------------------------------------------------- setting up
+    def _saved_run(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        state_file = self.out_dir / f"{STATE}.safetensors"
+        if not state_file.is_file():
+            raise TrainingError(
+                f"nothing to resume: {state_file} does not exist (no epoch of a run in {self.out_dir} has "
+                f"finished). Start a fresh run by leaving out --resume (resume=False)."
+            )
+        tensors, meta = load_component(self.out_dir, STATE)
+        if meta.get("format") != STATE_FORMAT:
+            raise TrainingError(f"{self.out_dir / (STATE + '.json')} has an unknown format; start a fresh run.")
+        return tensors, meta
+
+    def _run_vae(self, recorded_sha: str) -> Path:
+        """A resumed run uses the autoencoder it was trained on: its own copy in ``out_dir``."""
+        own = self.out_dir / f"{VAE}.safetensors"
+        if not own.is_file() or sha256_file(own) != recorded_sha:
+            raise TrainingError(
+                f"{own} is missing or is not the autoencoder the run in {self.out_dir} was trained on (recorded "
+                f"SHA-256 {recorded_sha[:12]}...). Restore that file, or start a fresh run in another --out folder."
+            )
+        other = self.vae_dir / f"{VAE}.safetensors"
+        if self.vae_dir.resolve() != self.out_dir.resolve() and other.is_file() and sha256_file(other) != recorded_sha:
+            if self.dist.is_main:
+                print(f"note: {other} differs from the autoencoder this run was trained on; resuming with the "
+                      f"run's own copy, {own}.")
+        return self.out_dir
+
+    def _model_config(self, saved: tuple[dict, dict] | None) -> DenoiserConfig:
+        """The saved run's model (checked against any model options), or a new one."""
+        config = self.config
+        if saved is None:
+            existing = [n for n in (f"{STATE}.safetensors", f"{DENOISER}.safetensors") if (self.out_dir / n).exists()]
+            if existing and not config.overwrite:
+                raise TrainingError(
+                    f"{self.out_dir} already holds a trained denoiser ({', '.join(existing)}). Pass --resume to "
+                    f"continue that run, --overwrite to start over and replace it, or choose another --out folder."
+                )
+            model_config = build_denoiser_config(config)
+        elif config.has_model_options():
+            model_config = build_denoiser_config(config)
+            diff = _config_differences(saved[1]["denoiser_config"], model_config.to_dict())
+            if diff:
+                raise TrainingError(
+                    f"cannot resume the run in {self.out_dir} with a different model. The saved model differs in: "
+                    + "; ".join(diff)
+                    + ". Resume without model options (the saved config is used), give the same ones, "
+                    "or start a fresh run in another --out folder."
+                )
+        else:
+            model_config = DenoiserConfig.from_dict(saved[1]["denoiser_config"])
+        classes = tuple(Tokenizer.from_dict(model_config.tokenizer).class_names)
+        if classes != tuple(CLASS_NAMES[config.dataset]):
+            raise TrainingError(
+                f"the model's tokenizer knows the classes {list(classes)} but {config.dataset} has "
+                f"{list(CLASS_NAMES[config.dataset])}; use a denoiser config made for {config.dataset}."
+            )
+        return model_config
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        restore_state(tensors, meta, self.model, self.ema, self.optimizer, self.generator, self.device,
+                      self.out_dir / f"{STATE}.safetensors")
+        self.epoch, self.step, self.history = meta["epoch"], meta["step"], list(meta["history"])
+        self.saved_epoch = self.epoch
+        # model options were checked already; these others do not change the training itself
+        ignore = ("epochs", "resume", "out_dir", "vae_dir", "overwrite", "progress", "num_threads", "compile",
+                  *MODEL_OPTIONS)
+        changed = _config_differences(
+            {k: v for k, v in meta["train_config"].items() if k not in ignore},
+            {k: v for k, v in self.config.to_dict().items() if k not in ignore},
+        )
+        if changed and self.dist.is_main:
+            print(f"resuming {self.out_dir} after epoch {self.epoch} with changed settings: " + "; ".join(changed))
+
+    # ------------------------------------------------------------------------- training
+    def train_step(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on the global batch ``indices`` (B,); this rank trains on its slice.
+
+        :returns: the loss of each example of this rank's slice (b,), and the gradient norm
+            before clipping (a scalar); both detached, left on the device
+        """
+        g, device, n = self.generator, self.device, indices.numel()
+        # every rank draws the randomness of the whole global batch, then keeps its slice
+        # 2. t ~ U{0, ..., T-1},  eps ~ N(0, I)
+        t = torch.randint(0, self.schedule.num_train_timesteps, (n,), generator=g, device=device)
+        noise = torch.randn((n, *self.latents.shape[1:]), generator=g, device=device)
+        template = torch.randint(0, self.prompts.shape[1], (n,), generator=g, device=device)
+        drop = torch.rand(n, generator=g, device=device) < self.config.cond_drop_prob
+        mine = shard(n, self.dist.rank, self.dist.world_size)
+        indices, t, noise, template, drop = indices[mine], t[mine], noise[mine], template[mine], drop[mine]
+
+        # 1. the batch: cached latents z_0 and their prompts, e.g. "a photo of a bag"
+        z0 = self.latents[indices]
+        tokens = self.prompts[self.labels[indices], template]
+        # 4. classifier-free guidance training: c <- "" with probability p_drop
+        tokens = torch.where(drop[:, None], self.empty_prompt, tokens)
+        # 3. z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps
+        z_t = self.schedule.add_noise(z0, noise, t)
+        # 5. target = eps, or v = sqrt(abar_t) eps - sqrt(1 - abar_t) z_0
+        target = self.schedule.training_target(z0, noise, t, self.model_config.prediction_type)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            prediction = self.train_model(z_t, t, tokens)
+        # per example: || target - f_theta(z_t, t, c) ||^2, averaged over the latent's elements
+        per_example = (prediction.float() - target).pow(2).flatten(1).mean(dim=1)
+        # L = mean over the GLOBAL batch; DDP averages the ranks' gradients, hence * world_size
+        loss = per_example.sum() * (self.dist.world_size / n)
+
+        # 6. AdamW step on the clipped gradient, with this step's learning rate
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config, self.step, self.total_steps)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
+        self.optimizer.step()
+        # 7. theta_ema <- d theta_ema + (1 - d) theta
+        self.ema.update(self.model, self.step)
+        self.step += 1
+        return per_example.detach(), grad_norm.detach()
+
+    def train_epoch(self) -> dict[str, Any]:
+        """One pass over the (shuffled) latents; returns the epoch's metrics."""
+        self.epoch += 1
+        device, batch = self.device, self.config.batch_size
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        count = torch.zeros((), device=device, dtype=torch.float64)
+        bad = torch.zeros((), device=device)
+        checked = self.step
+        perm = torch.randperm(len(self.latents), generator=self.generator, device=device)
+        bar = _progress(range(self.steps_per_epoch), self.show, desc=f"epoch {self.epoch}/{self.config.epochs}",
+                        unit="step", dynamic_ncols=True)
+        for i in bar:
+            losses, grad_norm = self.train_step(perm[i * batch : (i + 1) * batch])
+            loss_sum += losses.sum()
+            count += losses.numel()
+            bad += (~torch.isfinite(losses.sum())).float() + (~torch.isfinite(grad_norm)).float()
+            if self.step % self.check_every == 0 or i == self.steps_per_epoch - 1:
+                self._stop_if_not_finite(bad, checked)
+                checked = self.step
+                if self.show:
+                    bar.set_postfix(loss=f"{(loss_sum / count).item():.4f}", lr=f"{self.lr:.2e}")
+        if self.show:
+            bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall = time.perf_counter() - start
+        # each rank saw a slice of every batch: the totals are the sums over ranks
+        loss_sum, count = self.dist.all_reduce_sum(torch.stack([loss_sum, count])).tolist()
+        self._stop_if_weights_not_finite()
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "loss": loss_sum / count,
+            "lr": self.lr,
+            "images": int(count),
+            "images_per_s": count / wall,
+            "wall_s": wall,
+            "world_size": self.dist.world_size,
+        }
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Train until ``config.epochs`` epochs are complete, saving after each one."""
+        if self.epoch >= self.config.epochs:
+            if self.dist.is_main:
+                print(f"{self.out_dir} is already trained for {self.epoch} epochs (asked for "
+                      f"{self.config.epochs}); nothing to do.")
+            return self.history
+        if self.dist.is_main and not self.config.resume:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.vae_dir.resolve() != self.out_dir.resolve():
+                _copy_component(self.vae_dir, self.out_dir, VAE)
+        try:
+            while self.epoch < self.config.epochs:
+                metrics = self.train_epoch()
+                self.history.append(metrics)
+                if self.dist.is_main:
+                    self.save()
+                    if self.show:
+                        print(f"epoch {self.epoch}: loss {metrics['loss']:.4f}, "
+                              f"{metrics['images_per_s']:.0f} images/s, {metrics['wall_s']:.1f} s", flush=True)
+        except KeyboardInterrupt:
+            if self.dist.is_main:
+                self._say_how_to_resume()
+            raise
+        return self.history
+
+    # ------------------------------------------------------------------------ safeguards
+    def _stop_if_not_finite(self, bad: torch.Tensor, checked: int) -> None:
+        """Stop on a non-finite loss or gradient; all ranks take the same decision."""
+        if self.dist.all_reduce_sum(bad.clone()).item() > 0:
+            steps = f"step {self.step}" if self.step - checked <= 1 else f"steps {checked + 1}..{self.step}"
+            raise TrainingError(
+                f"the loss or the gradient became NaN/inf in epoch {self.epoch} ({steps}). Training stopped; "
+                f"the last good checkpoint in {self.out_dir} (the end of epoch {self.epoch - 1}) was kept. "
+                "Try a lower --lr, a longer --warmup-steps, or gradient clipping (--grad-clip 1.0)."
+            )
+
+    def _stop_if_weights_not_finite(self) -> None:
+        for what, module in (("weights", self.model), ("EMA weights", self.ema.shadow)):
+            for key, value in module.state_dict().items():
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    raise TrainingError(
+                        f"the {what} became NaN/inf in epoch {self.epoch} (first in {key}); the checkpoint of "
+                        f"epoch {self.epoch - 1} in {self.out_dir} was kept. Try a lower --lr or a longer "
+                        "--warmup-steps."
+                    )
+
+    def _say_how_to_resume(self) -> None:
+        done = self.saved_epoch
+        if done >= 1:
+            print(f"\ninterrupted in epoch {self.epoch}: the checkpoint of epoch {done} in {self.out_dir} is "
+                  f"complete. Continue with: python -m diffusion_lib train --out {self.out_dir} "
+                  f"--epochs {self.config.epochs} --resume", file=sys.stderr, flush=True)
+        else:
+            print(f"\ninterrupted in epoch 1: no epoch had finished, so there is nothing to resume. "
+                  "Run the same command again to start over.", file=sys.stderr, flush=True)
+
+    # --------------------------------------------------------------------------- saving
+    def save(self) -> None:
+        """Write this epoch's files. The training state goes last, so a crash in between
+        only makes ``--resume`` repeat this epoch."""
+        out, model_config = self.out_dir, self.model_config.to_dict()
+        if self.epoch in self.config.snapshot_epochs:
+            name = f"{DENOISER}_epoch{self.epoch:03d}"
+            save_component(out, name, self.ema.shadow, model_config, dtype=torch.float16)
+        save_component(out, DENOISER, self.ema.shadow, model_config)
+        tensors, scalars = state_tensors(self.model, self.ema, self.optimizer, self.generator, self.device)
+        meta = {
+            "format": STATE_FORMAT,
+            "epoch": self.epoch,
+            "step": self.step,
+            "denoiser_config": model_config,
+            "train_config": self.config.to_dict(),
+            "vae_sha256": self.vae_sha,
+            "device_type": self.device.type,
+            "optimizer_scalars": scalars,
+            "history": self.history,
+            "torch_version": torch.__version__,
+        }
+        save_component(out, STATE, tensors, meta)
+        _write_log(out, self.history)
+        self.saved_epoch = self.epoch
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices and kernels only (decaying biases and norm scales only hurts)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused: one kernel for the whole update on a GPU; foreach: batched ops on the CPU
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused,
+                             foreach=None if fused else True)
+
+
+# ----------------------------------------------------------------------------- command line
+def _parse_value(text: str) -> Any:
+    """``32`` -> 32, ``true`` -> True, ``1,2,2`` -> [1, 2, 2], ``[1, 2]`` -> [1, 2], else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if "," in text:
+            return [_parse_value(part) for part in text.split(",") if part]
+        return text
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise TrainingError(f"{flag} expects KEY=VALUE (e.g. {flag} base_channels=32), got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = _parse_value(value)
+    return out
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of ``python -m diffusion_lib train`` to ``parser``."""
+    d = TrainConfig(out_dir="", epochs=1)
+    p = parser
+    p.add_argument("--out", required=True, help="folder for checkpoints and train_log.jsonl")
+    p.add_argument("--epochs", type=int, required=True, help="train until this many epochs are complete")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out after its last complete epoch")
+    p.add_argument("--overwrite", action="store_true", help="start over even if --out holds a trained run")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step, all processes together")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear learning-rate warm-up steps")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule)
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0 = off)")
+    p.add_argument("--cond-drop-prob", type=float, default=d.cond_drop_prob,
+                   help="probability of training with the empty prompt (classifier-free guidance)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    p.add_argument("--vae-dir", default=d.vae_dir,
+                   help="folder with the frozen autoencoder (vae.safetensors); --resume uses the run's own copy")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--dataset", choices=DATASETS, default=d.dataset)
+    p.add_argument("--prediction-type", choices=PREDICTION_TYPES, default=None,
+                   help="what the model predicts (default: the model config's, epsilon)")
+    p.add_argument("--schedule", default=None, help="noise schedule: scaled_linear, linear, cosine, sigmoid")
+    p.add_argument("--zero-terminal-snr", action="store_true", default=None,
+                   help="rescale the schedule to zero terminal SNR (use with --prediction-type v_prediction)")
+    p.add_argument("--denoiser-config", default=None, help="JSON file with a full denoiser config")
+    p.add_argument("--unet", action="append", metavar="KEY=VALUE", help="U-Net setting, e.g. --unet base_channels=32")
+    p.add_argument("--prompt", action="append", metavar="KEY=VALUE", help="prompt encoder setting, e.g. layers=1")
+    p.add_argument("--snapshot-epochs", default=",".join(map(str, d.snapshot_epochs)),
+                   help="comma-separated epochs that keep an fp16 snapshot ('' for none)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--num-threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` for parsed ``add_train_arguments`` options."""
+    denoiser = None
+    if args.denoiser_config:
+        path = Path(args.denoiser_config)
+        if not path.is_file():
+            raise TrainingError(f"--denoiser-config {path}: no such file")
+        denoiser = json.loads(path.read_text())
+    return TrainConfig(
+        out_dir=args.out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        lr_schedule=args.lr_schedule,
+        ema_decay=args.ema_decay,
+        grad_clip=args.grad_clip,
+        cond_drop_prob=args.cond_drop_prob,
+        seed=args.seed,
+        device=args.device,
+        vae_dir=args.vae_dir,
+        limit=args.limit,
+        dataset=args.dataset,
+        prediction_type=args.prediction_type,
+        schedule=args.schedule,
+        rescale_zero_terminal_snr=args.zero_terminal_snr,
+        denoiser=denoiser,
+        unet=_key_values(args.unet, "--unet"),
+        prompt=_key_values(args.prompt, "--prompt"),
+        snapshot_epochs=tuple(int(e) for e in str(args.snapshot_epochs).split(",") if e.strip()),
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        num_threads=args.num_threads,
+        compile=args.compile,
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run ``train`` for parsed options; the exit code: 0 done, 1 error, 130 interrupted (Ctrl-C)."""
+    try:
+        train(config_from_args(args))
+    except KeyboardInterrupt:
+        return 130
+    except (TrainingError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m diffusion_lib.train", description=__doc__.split("\n\n")[0])
+    add_train_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

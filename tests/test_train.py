@@ -1,0 +1,333 @@
+"""The denoiser trainer: exact resume, NaN stop, Ctrl-C, files, snapshots, torchrun.
+
+Every run here is tiny (a U-Net of ~60k parameters, 128 images, batch 32) on a
+random, untrained autoencoder: the trainer's bookkeeping is under test, not
+the quality of the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusion_lib import train as train_module
+from diffusion_lib.autoencoder import AutoencoderConfig, AutoencoderKL, load_autoencoder
+from diffusion_lib.checkpoint import load_component, read_checksums, save_component, verify_file
+from diffusion_lib.denoiser import load_denoiser
+from diffusion_lib.train import (
+    EMA,
+    TrainConfig,
+    TrainingError,
+    add_train_arguments,
+    build_denoiser_config,
+    config_from_args,
+    learning_rate,
+    shard,
+    steps_per_epoch,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_UNET = {"base_channels": 8, "channel_mult": [1, 2], "num_heads": 2, "norm_groups": 4, "ff_mult": 1, "dropout": 0.1}
+TINY_PROMPT = {"dim": 16, "heads": 2}
+
+
+@pytest.fixture(scope="session")
+def vae_dir(tmp_path_factory) -> Path:
+    """A small, untrained autoencoder saved as vae.safetensors + vae.json (random weights do for the trainer)."""
+    directory = tmp_path_factory.mktemp("vae")
+    torch.manual_seed(0)
+    config = AutoencoderConfig(channels=(8, 8, 8), norm_groups=4, scale_factor=2.0)
+    save_component(directory, "vae", AutoencoderKL(config), config.to_dict())
+    return directory
+
+
+def tiny(out_dir: Path, vae_dir: Path, **overrides) -> TrainConfig:
+    settings = dict(
+        out_dir=str(out_dir), epochs=2, batch_size=32, limit=128, vae_dir=str(vae_dir), warmup_steps=3,
+        cond_drop_prob=0.25, unet=dict(TINY_UNET), prompt=dict(TINY_PROMPT), snapshot_epochs=(1, 2, 5),
+        progress=False, device="cpu", num_threads=1,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def two_epochs(vae_dir, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """An uninterrupted 2-epoch run: the reference every resumed run must reproduce."""
+    out = tmp_path_factory.mktemp("two_epochs")
+    return out, train(tiny(out, vae_dir, epochs=2))
+
+
+@pytest.fixture(scope="module")
+def one_epoch(vae_dir, tmp_path_factory) -> Path:
+    """The same run stopped after epoch 1 (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("one_epoch")
+    train(tiny(out, vae_dir, epochs=1))
+    return out
+
+
+def copy_run(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def file_bytes(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def assert_same_state(a: Path, b: Path) -> None:
+    """Bitwise equal raw weights, EMA weights, optimizer moments and RNG states."""
+    sa, sb = load_file(a / "train_state.safetensors"), load_file(b / "train_state.safetensors")
+    assert sorted(sa) == sorted(sb)
+    assert any(k.startswith("ema.") for k in sa) and any(k.startswith("optimizer.") for k in sa)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), f"{key} differs"
+    da, db = load_file(a / "denoiser.safetensors"), load_file(b / "denoiser.safetensors")
+    assert sorted(da) == sorted(db) and all(torch.equal(da[k], db[k]) for k in da)
+
+
+# ------------------------------------------------------------------------------------ pieces
+def test_learning_rate_warms_up_linearly_then_stays_or_decays():
+    config = TrainConfig(out_dir="x", epochs=1, lr=1e-3, warmup_steps=4)
+    assert [learning_rate(config, k, 100) for k in range(5)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    assert learning_rate(config, 99, 100) == 1e-3
+    cosine = TrainConfig(out_dir="x", epochs=1, lr=1e-3, warmup_steps=4, lr_schedule="cosine")
+    assert learning_rate(cosine, 4, 104) == pytest.approx(1e-3)
+    assert learning_rate(cosine, 54, 104) == pytest.approx(0.5e-3)  # half way: cos(pi/2) = 0
+    assert learning_rate(cosine, 104, 104) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("n, world", [(32, 1), (32, 2), (7, 2), (5, 3), (64, 4)])
+def test_shards_cover_the_batch_disjointly(n, world):
+    covered = [i for r in range(world) for i in range(n)[shard(n, r, world)]]
+    assert covered == list(range(n))
+    sizes = [len(range(n)[shard(n, r, world)]) for r in range(world)]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_steps_per_epoch_keeps_the_partial_batch_when_every_rank_gets_some():
+    assert steps_per_epoch(128, 32, 1) == 4
+    assert steps_per_epoch(130, 32, 1) == 5  # 2 leftover images still make a step
+    assert steps_per_epoch(129, 32, 2) == 4  # 1 leftover image cannot be shared by 2 ranks
+    assert steps_per_epoch(10, 256, 1) == 1
+
+
+def test_ema_warms_up_then_averages():
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.999)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10**6) == 0.999
+    start = ema.shadow.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, step=0)
+    # theta_ema = d theta_ema + (1 - d) theta with d_0 = 0.1
+    assert torch.allclose(ema.shadow.weight, 0.1 * start + 0.9 * model.weight)
+    assert not ema.shadow.weight.requires_grad
+
+
+def test_config_round_trip_and_overrides():
+    config = TrainConfig(out_dir="run", epochs=3, unet={"base_channels": 16}, prompt={"dim": 32})
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    model = build_denoiser_config(config)
+    assert model.unet.base_channels == 16
+    assert model.unet.context_dim == model.prompt.dim == 32  # one of the pair sets both
+    with pytest.raises(TrainingError, match="base_chanels"):
+        build_denoiser_config(TrainConfig(out_dir="run", epochs=1, unet={"base_chanels": 16}))
+    with pytest.raises(TrainingError, match="valid names"):
+        build_denoiser_config(TrainConfig(out_dir="run", epochs=1, schedule="quadratic"))
+    with pytest.raises(ValueError, match="unknown TrainConfig keys"):
+        TrainConfig.from_dict({"out_dir": "x", "epochs": 1, "learning_rate": 1})
+    with pytest.raises(TrainingError, match="cond_drop_prob"):
+        TrainConfig(out_dir="x", epochs=1, cond_drop_prob=1.5).validate()
+
+
+def test_command_line_options_become_a_config():
+    parser = add_train_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(
+        "--out run --epochs 3 --resume --lr 2e-4 --unet base_channels=16 --unet channel_mult=1,2,2 "
+        "--prompt layers=2 --snapshot-epochs 1,3 --prediction-type v_prediction --schedule cosine "
+        "--zero-terminal-snr --no-progress --limit 100".split()
+    )
+    config = config_from_args(args)
+    assert (config.out_dir, config.epochs, config.resume, config.lr, config.limit) == ("run", 3, True, 2e-4, 100)
+    assert config.unet == {"base_channels": 16, "channel_mult": [1, 2, 2]} and config.prompt == {"layers": 2}
+    assert config.snapshot_epochs == (1, 3) and config.progress is False
+    assert config.prediction_type == "v_prediction" and config.schedule == "cosine"
+    assert config.rescale_zero_terminal_snr is True
+    defaults = config_from_args(parser.parse_args(["--out", "run", "--epochs", "1"]))
+    assert defaults == TrainConfig(out_dir="run", epochs=1)
+    assert not defaults.has_model_options()
+
+
+def test_cli_exit_codes(tmp_path, monkeypatch, capsys):
+    # nothing to resume: exit code 1 and a message that says how to start
+    code = train_module.main(["--out", str(tmp_path / "empty"), "--epochs", "1", "--resume"])
+    assert code == 1 and "leaving out --resume" in capsys.readouterr().err
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    assert train_module.main(["--out", str(tmp_path / "x"), "--epochs", "1"]) == 130
+
+
+# --------------------------------------------------------------------------------- full runs
+def test_resume_reproduces_an_uninterrupted_run_bitwise(two_epochs, one_epoch, tmp_path):
+    reference, reference_history = two_epochs
+    run = copy_run(one_epoch, tmp_path)
+    history = train(tiny(run, vae_dir, epochs=2, resume=True))
+    assert_same_state(reference, run)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["loss"] for h in history] == [h["loss"] for h in reference_history]
+    assert [json.loads(line)["epoch"] for line in (run / "train_log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_the_run_folder_is_complete_and_checked(two_epochs):
+    run, history = two_epochs
+    assert [h["epoch"] for h in history] == [1, 2] and history[-1]["step"] == 8
+    for h in history:
+        assert h["images"] == 128 and h["images_per_s"] > 0 and h["wall_s"] > 0 and h["lr"] == pytest.approx(1e-3)
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in log] == [1, 2]
+    assert {"epoch", "loss", "lr", "images_per_s", "wall_s", "step"} <= set(log[0])
+
+    # every file is listed in SHA256SUMS and matches it
+    sums = read_checksums(run)
+    for name in ("denoiser", "vae", "train_state", "denoiser_epoch001", "denoiser_epoch002"):
+        for suffix in (".safetensors", ".json"):
+            assert name + suffix in sums
+            verify_file(run / (name + suffix))
+        load_component(run, name)
+    assert not (run / "denoiser_epoch005.safetensors").exists()  # only epochs that were reached
+
+    # the pipeline's loaders rebuild both models from the folder alone
+    denoiser = load_denoiser(run)
+    state = load_file(run / "train_state.safetensors")
+    for key, value in denoiser.state_dict().items():
+        assert torch.equal(value, state[f"ema.{key}"]), f"denoiser.safetensors holds the EMA weights ({key})"
+    assert denoiser.config.unet.base_channels == TINY_UNET["base_channels"]
+    assert load_autoencoder(run).config.scale_factor == 2.0
+
+    # snapshots: fp16 copies of the EMA weights at that epoch
+    snapshot, _ = load_component(run, "denoiser_epoch002")
+    assert all(v.dtype == torch.float16 for v in snapshot.values() if v.is_floating_point())
+    for key, value in snapshot.items():
+        assert torch.equal(value, state[f"ema.{key}"].half())
+    load_denoiser(run, name="denoiser_epoch001")
+
+    # training did something: the raw weights moved away from the EMA
+    assert any(not torch.equal(state[k], state["ema" + k[5:]]) for k in state if k.startswith("model."))
+
+
+def test_training_lowers_the_loss(vae_dir, tmp_path):
+    """8 short epochs on 256 latents: the denoising loss falls well below its start (~1 = predicting 0)."""
+    history = train(tiny(tmp_path / "run", vae_dir, epochs=8, limit=256, lr=2e-3, warmup_steps=5, snapshot_epochs=()))
+    losses = [h["loss"] for h in history]
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_v_prediction_on_a_zero_terminal_snr_schedule(vae_dir, tmp_path):
+    run = tmp_path / "run"
+    history = train(tiny(run, vae_dir, epochs=1, prediction_type="v_prediction", schedule="cosine",
+                         rescale_zero_terminal_snr=True))
+    assert 0 < history[0]["loss"] < 10
+    model = load_denoiser(run)
+    assert model.config.prediction_type == "v_prediction"
+    assert model.config.schedule["name"] == "squaredcos_cap_v2" and model.config.schedule["rescale_zero_terminal_snr"]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(one_epoch, tmp_path):
+    run = copy_run(one_epoch, tmp_path)
+    before = file_bytes(run)
+    with pytest.raises(TrainingError, match=r"NaN/inf in epoch 2.*kept"):
+        train(tiny(run, run, epochs=2, resume=True, lr=1e30, warmup_steps=0))
+    assert file_bytes(run) == before
+
+
+def test_ctrl_c_keeps_the_epoch_then_resume_matches(two_epochs, one_epoch, tmp_path, monkeypatch, capsys):
+    run = copy_run(one_epoch, tmp_path)
+    before = file_bytes(run)
+    real = train_module.learning_rate
+
+    def interrupt_at_step_6(config, step, total):
+        if step == 6:  # the third step of epoch 2
+            raise KeyboardInterrupt
+        return real(config, step, total)
+
+    monkeypatch.setattr(train_module, "learning_rate", interrupt_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(run, run, epochs=2, resume=True))
+    err = capsys.readouterr().err
+    assert "epoch 1" in err and "--resume" in err
+    assert file_bytes(run) == before
+
+    monkeypatch.setattr(train_module, "learning_rate", real)
+    # no model options: the saved model config is used; another --vae-dir: the run's own copy is used
+    other_vae = tmp_path / "other_vae"
+    config = AutoencoderConfig(channels=(8, 8, 8), norm_groups=4)
+    save_component(other_vae, "vae", AutoencoderKL(config), config.to_dict())
+    train(tiny(run, other_vae, epochs=2, resume=True, unet={}, prompt={}))
+    assert "run's own copy" in capsys.readouterr().out
+    assert_same_state(two_epochs[0], run)
+
+
+def test_resume_refuses_what_cannot_work(one_epoch, vae_dir, tmp_path):
+    with pytest.raises(TrainingError, match="nothing to resume.*leaving out --resume"):
+        train(tiny(tmp_path / "new", vae_dir, resume=True))
+    with pytest.raises(TrainingError, match=r"different model.*base_channels: 8 -> 16"):
+        train(tiny(one_epoch, one_epoch, resume=True, unet={**TINY_UNET, "base_channels": 16}))
+    with pytest.raises(TrainingError, match="already holds.*--resume.*--overwrite"):
+        train(tiny(one_epoch, vae_dir, epochs=1))
+    # the run's own copy of the autoencoder is what a resumed run encodes with
+    broken = copy_run(one_epoch, tmp_path)
+    config = AutoencoderConfig(channels=(8, 8, 8), norm_groups=4)
+    save_component(broken, "vae", AutoencoderKL(config), config.to_dict())
+    with pytest.raises(TrainingError, match="not the autoencoder the run"):
+        train(tiny(broken, vae_dir, resume=True))
+    # a run that is already long enough: nothing to do, the history comes back
+    assert [h["epoch"] for h in train(tiny(one_epoch, one_epoch, epochs=1, resume=True))] == [1]
+
+
+# ------------------------------------------------------------------------------- torchrun
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(vae_dir, tmp_path):
+    """2 ranks, each half of every batch, follow the 1-process run up to rounding."""
+    config_file = tmp_path / "denoiser_config.json"
+    # no dropout: its masks are drawn per rank, so they would differ from the single process's
+    no_dropout = {**TINY_UNET, "dropout": 0.0}
+    model = build_denoiser_config(tiny(tmp_path, vae_dir, unet=no_dropout))
+    config_file.write_text(json.dumps(model.to_dict()))
+    out = tmp_path / "ddp"
+    args = [
+        "--out", str(out), "--epochs", "1", "--vae-dir", str(vae_dir), "--limit", "64", "--batch-size", "32",
+        "--warmup-steps", "1", "--cond-drop-prob", "0.25", "--denoiser-config", str(config_file),
+        "--no-progress", "--num-threads", "1", "--device", "cpu", "--snapshot-epochs", "1",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "diffusion_lib.train", *args]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and log[0]["world_size"] == 2 and log[0]["images"] == 64 and log[0]["step"] == 2
+    load_denoiser(out)
+
+    single = tmp_path / "single"
+    train(tiny(single, vae_dir, epochs=1, limit=64, warmup_steps=1, snapshot_epochs=(1,), unet=no_dropout))
+    a, b = load_file(out / "train_state.safetensors"), load_file(single / "train_state.safetensors")
+    for key in a:
+        if key.startswith(("model.", "ema.")):
+            assert torch.allclose(a[key], b[key], atol=1e-5, rtol=1e-4), key
+    assert log[0]["loss"] == pytest.approx(json.loads((single / "train_log.jsonl").read_text())["loss"], rel=1e-5)
