@@ -1,0 +1,272 @@
+"""Multi-head attention and the transformer blocks of the U-Net.
+
+Attention lets every position of a sequence look at every position of a
+second sequence (the *context*) and take a weighted average of what it finds
+there. With queries ``Q = x W_q`` from the sequence ``x`` (N positions) and
+keys / values ``K = c W_k``, ``V = c W_v`` from the context ``c`` (L positions),
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V            (Vaswani et al., 2017)
+
+where ``d`` is the width of one head. Row ``n`` of the N x L matrix
+``A = softmax(Q K^T / sqrt(d))`` is a probability distribution over the
+context: it says how much position ``n`` takes from each context position.
+*Multi-head* attention runs ``heads`` such attentions side by side on slices
+of width ``d`` and concatenates the results.
+
+* **Self-attention**: the context is the sequence itself (``c = x``). In the
+  U-Net every pixel of a feature map looks at every other pixel.
+* **Cross-attention**: the context is the prompt (the output of the prompt
+  encoder, ``(B, L, context_dim)``). Every pixel asks "which words concern
+  me?"; this is the *only* place where the prompt enters the U-Net, exactly as
+  in Stable Diffusion. The maps ``A`` of cross-attention (one heat map per
+  word) show where in the image each word acts.
+
+A :class:`SpatialTransformer` wraps these for feature maps: it flattens the
+``H x W`` pixels of a ``(B, C, H, W)`` map into ``H*W`` tokens, runs
+:class:`BasicTransformerBlock` (self-attention, cross-attention, feed-forward,
+each pre-normed and residual) and folds the tokens back into a map.
+
+The fast path uses ``F.scaled_dot_product_attention``, which never stores
+``A``. To look at the maps, wrap a forward pass in :func:`record_attention`;
+only then is ``A`` computed explicitly and kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head (self- or cross-) attention as in Stable Diffusion's ``CrossAttention``.
+
+    :param query_dim: width of the sequence that asks (``x``)
+    :param context_dim: width of the sequence that is looked at; ``None`` for
+        self-attention (the context is ``x`` itself)
+    :param heads: number of heads
+    :param head_dim: width ``d`` of one head
+    """
+
+    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 4, head_dim: int = 16):
+        super().__init__()
+        self.is_cross_attention = context_dim is not None
+        context_dim = query_dim if context_dim is None else context_dim
+        self.heads, self.head_dim = heads, head_dim
+        inner = heads * head_dim
+        # Q = x W_q, K = c W_k, V = c W_v  (no biases, as in Stable Diffusion)
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Linear(inner, query_dim)
+        # set by record_attention(): (dict to append the maps to, this module's name)
+        self.recorder: tuple[dict[str, list[torch.Tensor]], str] | None = None
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, heads * d) -> (B, heads, N, d)"""
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, key_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        :param x: (B, N, query_dim)
+        :param context: (B, L, context_dim), or ``None`` for self-attention
+        :param key_mask: optional bool (B, L); ``False`` marks context positions
+            nobody may attend to (padding)
+        :returns: (B, N, query_dim)
+        """
+        context = x if context is None else context
+        q = self._split_heads(self.to_q(x))  # (B, heads, N, d)
+        k = self._split_heads(self.to_k(context))  # (B, heads, L, d)
+        v = self._split_heads(self.to_v(context))  # (B, heads, L, d)
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
+
+        if self.recorder is None:
+            # softmax(Q K^T / sqrt(d)) V, fused: the N x L matrix is never stored
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            # A = softmax(Q K^T / sqrt(d))   (B, heads, N, L); every row sums to 1 over the context
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = scores.softmax(dim=-1)
+            maps, name = self.recorder
+            maps[name].append(weights.detach())
+            # out = A V
+            out = weights @ v
+        b, _, n, _ = out.shape
+        # concatenate the heads again: (B, heads, N, d) -> (B, N, heads * d)
+        out = out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+        return self.to_out(out)
+
+
+@contextmanager
+def record_attention(model: nn.Module, kind: str = "cross") -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Keep the attention maps ``A = softmax(Q K^T / sqrt(d))`` of ``model`` while the block runs.
+
+    ::
+
+        with record_attention(denoiser.unet) as maps:
+            denoiser(x_t, t, tokens)
+        for name, calls in maps.items():   # calls[-1]: (B, heads, H*W, L)
+            images = attention_map_images(calls[-1], height, width)
+
+    :param model: any module containing :class:`Attention` layers
+    :param kind: ``"cross"`` (pixels -> prompt tokens), ``"self"`` or ``"all"``
+    :yields: ``{module name: [A of each forward call, ...]}``, each ``A`` of
+        shape ``(B, heads, N, L)`` (N queries, L keys), detached
+    """
+    if kind not in ("cross", "self", "all"):
+        raise ValueError(f"kind must be 'cross', 'self' or 'all', not {kind!r}")
+    maps: dict[str, list[torch.Tensor]] = defaultdict(list)
+    chosen = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, Attention) and (kind == "all" or m.is_cross_attention == (kind == "cross"))
+    ]
+    for name, module in chosen:
+        module.recorder = (maps, name)
+    try:
+        yield maps
+    finally:
+        for _, module in chosen:
+            module.recorder = None
+
+
+def attention_map_images(weights: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Turn recorded cross-attention maps of one block into one image per token.
+
+    A block at a lower resolution sees ``(height / f) x (width / f)`` pixels;
+    ``f`` follows from the number of queries ``N``.
+
+    :param weights: (B, heads, N, L) as recorded by :func:`record_attention`
+    :param height: height of the U-Net *input* (the latent)
+    :param width: width of the U-Net input
+    :returns: (B, L, h, w), averaged over the heads; for each pixel the values
+        over the L tokens sum to 1
+    """
+    b, _, n, tokens = weights.shape
+    f = math.isqrt(height * width // n)
+    h, w = height // f, width // f
+    assert h * w == n, f"{n} attention queries do not fit a {height}x{width} input halved by a power of two"
+    return weights.mean(dim=1).transpose(1, 2).reshape(b, tokens, h, w)
+
+
+class GEGLU(nn.Module):
+    """Gated GELU (Shazeer, 2020), the feed-forward input layer of Stable Diffusion.
+
+    ``GEGLU(x) = (x W + b) * GELU(x V + c)``: one half of the projection gates the other.
+    """
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, 2 * dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: ``GEGLU`` to ``mult * dim`` units, then back to ``dim``."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, mult * dim), nn.Dropout(dropout), nn.Linear(mult * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Self-attention, cross-attention to the prompt, feed-forward; each pre-normed and residual.
+
+    :param dim: token width
+    :param context_dim: width of the prompt tokens
+    :param heads: attention heads (``dim`` must be divisible by ``heads``)
+    :param ff_mult: hidden width of the feed-forward = ``ff_mult * dim``
+    """
+
+    def __init__(self, dim: int, context_dim: int, heads: int, ff_mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        head_dim = dim // heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, None, heads, head_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(dim, context_dim, heads, head_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim, ff_mult, dropout)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """
+        :param x: (B, N, dim) pixels as tokens
+        :param context: (B, L, context_dim) prompt tokens
+        :returns: (B, N, dim)
+        """
+        # x = x + SelfAttention(LN(x))        pixels look at pixels
+        x = x + self.attn1(self.norm1(x))
+        # x = x + CrossAttention(LN(x), c)    pixels look at the prompt
+        x = x + self.attn2(self.norm2(x), context)
+        # x = x + FF(LN(x))
+        x = x + self.ff(self.norm3(x))
+        return x
+
+
+class SpatialTransformer(nn.Module):
+    """A transformer over the pixels of a feature map, conditioned on the prompt.
+
+    (B, C, H, W) -> GroupNorm -> H*W tokens -> proj_in -> ``depth`` x
+    :class:`BasicTransformerBlock` -> proj_out -> (B, C, H, W) -> + input.
+
+    ``proj_out`` starts at zero (as in Stable Diffusion), so a fresh block is
+    the identity and training grows its contribution from nothing.
+
+    :param channels: C
+    :param context_dim: width of the prompt tokens
+    :param heads: attention heads (``channels`` must be divisible by ``heads``)
+    :param norm_groups: groups of the GroupNorm
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        context_dim: int,
+        heads: int,
+        depth: int = 1,
+        norm_groups: int = 8,
+        ff_mult: int = 4,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        assert channels % heads == 0, f"{channels} channels cannot be split into {heads} attention heads"
+        self.norm = nn.GroupNorm(norm_groups, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, channels)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(channels, context_dim, heads, ff_mult, dropout) for _ in range(depth)
+        )
+        self.proj_out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """
+        :param x: (B, C, H, W)
+        :param context: (B, L, context_dim)
+        :returns: (B, C, H, W)
+        """
+        b, c, h, w = x.shape
+        # (B, C, H, W) -> (B, H*W, C): one token per pixel
+        tokens = self.norm(x).flatten(2).transpose(1, 2)
+        tokens = self.proj_in(tokens)
+        for block in self.transformer_blocks:
+            tokens = block(tokens, context)
+        tokens = self.proj_out(tokens)
+        # back to a map; residual connection around the whole transformer
+        return x + tokens.transpose(1, 2).reshape(b, c, h, w)

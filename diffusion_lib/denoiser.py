@@ -1,0 +1,182 @@
+"""The denoiser: tokenizer + prompt encoder + U-Net, saved and loaded as one component.
+
+    prompts --Tokenizer--> tokens (B, L) --PromptEncoder--> context c (B, L, D)
+    (x_t, t, c) --UNet--> prediction (B, 4, h, w)
+
+The prediction is the noise ``eps`` (``prediction_type="epsilon"``, as in
+Stable Diffusion 1.x) or the velocity
+
+    v = sqrt(abar_t) * eps - sqrt(1 - abar_t) * x_0      (``"v_prediction"``, Salimans & Ho, 2022)
+
+The config also records the noise schedule the model was trained with, since
+a model is only right for the schedule it has seen;
+``NoiseSchedule.from_dict(config.schedule)`` (``diffusion_lib.schedules``) rebuilds it.
+
+On disk it is ``denoiser.safetensors`` + ``denoiser.json`` (see ``checkpoint.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, load_component, load_into, save_component
+from .text_encoder import PromptEncoder, PromptEncoderConfig, Tokenizer
+from .unet import UNet, UNetConfig
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def default_schedule() -> dict:
+    return {"name": "scaled_linear", "num_train_timesteps": 1000, "rescale_zero_terminal_snr": False}
+
+
+@dataclass
+class DenoiserConfig:
+    """Everything needed to rebuild a :class:`Denoiser` (stored as ``denoiser.json``).
+
+    :param unet: the U-Net's size; ``unet.context_dim`` must equal ``prompt.dim``
+    :param prompt: the prompt encoder's size
+    :param tokenizer: ``Tokenizer.to_dict()``
+    :param prediction_type: ``"epsilon"`` or ``"v_prediction"``
+    :param schedule: ``NoiseSchedule.to_dict()`` of the training schedule
+    """
+
+    unet: UNetConfig
+    prompt: PromptEncoderConfig
+    tokenizer: dict
+    prediction_type: str = "epsilon"
+    schedule: dict = field(default_factory=default_schedule)
+
+    def __post_init__(self):
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {self.prediction_type!r}")
+        tokenizer = Tokenizer.from_dict(self.tokenizer)
+        if (self.prompt.vocab_size, self.prompt.max_length) != (tokenizer.vocab_size, tokenizer.max_length):
+            raise ValueError(
+                f"The prompt encoder (vocab_size={self.prompt.vocab_size}, max_length={self.prompt.max_length}) "
+                f"does not fit the tokenizer (vocab_size={tokenizer.vocab_size}, max_length={tokenizer.max_length})"
+            )
+        if self.unet.context_dim != self.prompt.dim:
+            raise ValueError(
+                f"unet.context_dim={self.unet.context_dim} must equal the prompt encoder's dim={self.prompt.dim}"
+            )
+
+    def to_dict(self) -> dict:
+        return {
+            "unet": self.unet.to_dict(),
+            "prompt": self.prompt.to_dict(),
+            "tokenizer": dict(self.tokenizer),
+            "prediction_type": self.prediction_type,
+            "schedule": dict(self.schedule),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DenoiserConfig":
+        known = {"unet", "prompt", "tokenizer", "prediction_type", "schedule"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"Unknown DenoiserConfig fields {unknown}; known fields are {sorted(known)}")
+        d = dict(d)
+        return cls(
+            unet=UNetConfig.from_dict(d.pop("unet")), prompt=PromptEncoderConfig.from_dict(d.pop("prompt")), **d
+        )
+
+
+def default_denoiser_config(
+    prediction_type: str = "epsilon", schedule: dict | None = None, tokenizer: Tokenizer | None = None
+) -> DenoiserConfig:
+    """The shipped model size (1.76 M parameters, 0.043 GFLOP per 4x8x8 latent and forward pass).
+
+    Training (forward + backward + AdamW, batch 256) runs at about 1300 latents
+    per second on two free CPU cores, about 700 on one.
+    """
+    tokenizer = tokenizer or Tokenizer()
+    prompt = PromptEncoderConfig(vocab_size=tokenizer.vocab_size, max_length=tokenizer.max_length, dim=64, layers=2)
+    unet = UNetConfig(context_dim=prompt.dim)
+    return DenoiserConfig(unet, prompt, tokenizer.to_dict(), prediction_type, schedule or default_schedule())
+
+
+class Denoiser(nn.Module):
+    """``model(x_t, t, tokens)`` -> the prediction of ``eps`` (or ``v``) for a batch of latents."""
+
+    def __init__(self, config: DenoiserConfig):
+        super().__init__()
+        self.config = config
+        self.tokenizer = Tokenizer.from_dict(config.tokenizer)
+        self.prompt_encoder = PromptEncoder(config.prompt)
+        self.unet = UNet(config.unet)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.config.prediction_type
+
+    def encode_prompts(self, prompts: list[str] | str) -> torch.Tensor:
+        """Prompts -> tokens (B, L) on the model's device (``""`` = unconditional)."""
+        return self.tokenizer.encode(prompts).to(self.unet.conv_in.weight.device)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """
+        :param x_t: (B, 4, h, w) noisy (scaled) latents
+        :param t: (B,) timesteps
+        :param tokens: (B, L) from :meth:`encode_prompts`
+        :returns: (B, 4, h, w), ``eps`` or ``v`` according to ``config.prediction_type``
+        """
+        context = self.prompt_encoder(tokens)
+        return self.unet(x_t, t, context)
+
+
+def save_denoiser(
+    directory: Path | str,
+    denoiser: Denoiser,
+    ema: nn.Module | dict[str, torch.Tensor] | None = None,
+    name: str = "denoiser",
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write ``NAME.safetensors`` + ``NAME.json`` (atomically, with checksums).
+
+    :param denoiser: the model (a DistributedDataParallel wrapper is unwrapped)
+    :param ema: exponential moving average of the weights: a module of the same
+        architecture (e.g. ``torch.optim.swa_utils.AveragedModel``) or its state
+        dict. When given, these weights are saved instead of ``denoiser``'s own,
+        since the EMA weights are the ones to sample with.
+    :param dtype: e.g. ``torch.float16`` to halve the file size
+    :returns: the path of the weights file
+    """
+    denoiser = _unwrap(denoiser)
+    if ema is None:
+        state = denoiser.state_dict()
+    elif isinstance(ema, nn.Module):
+        state = _unwrap(ema).state_dict()
+    else:
+        state = ema
+    if set(state) != set(denoiser.state_dict()):
+        raise ValueError("ema does not hold the same parameters as the denoiser")
+    return save_component(directory, name, state, denoiser.config.to_dict(), dtype=dtype)
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel or AveragedModel wrapper (or the model itself)."""
+    inner = getattr(module, "module", None)
+    return inner if isinstance(inner, nn.Module) else module
+
+
+def load_denoiser(directory: Path | str, device: str | torch.device = "cpu", name: str = "denoiser") -> Denoiser:
+    """Rebuild a :class:`Denoiser` from ``directory/NAME.json`` and load its weights (eval mode).
+
+    :raises CheckpointError: a missing, corrupt or mismatched file (the message names it and the fix)
+    """
+    tensors, config = load_component(directory, name)
+    source = Path(directory) / f"{name}.json"
+    try:
+        config = DenoiserConfig.from_dict(config)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{source} is not a valid denoiser config ({err}). Restore it or retrain the model."
+        ) from err
+    denoiser = Denoiser(config)
+    load_into(denoiser, tensors, Path(directory) / f"{name}.safetensors")
+    return denoiser.to(device).eval()
