@@ -37,7 +37,7 @@ from diffusion_lib.train import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_UNET = {"base_channels": 8, "channel_mult": [1, 2], "num_heads": 2, "norm_groups": 4, "ff_mult": 1, "dropout": 0.1}
+TINY_UNET = {"base_channels": 8, "channel_mult": [1, 2], "attention_levels": [1], "num_heads": 2, "norm_groups": 4, "ff_mult": 1, "dropout": 0.1}
 TINY_PROMPT = {"dim": 16, "heads": 2}
 
 

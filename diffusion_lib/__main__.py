@@ -1,0 +1,255 @@
+"""Command line: ``python -m diffusion_lib COMMAND ...`` (``--help`` on each command).
+
+    train-vae         train the autoencoder (pixels <-> 4x8x8 latents)
+    train-classifier  train the evaluator's Fashion-MNIST classifier
+    train             train the denoiser (prompt encoder + U-Net) on cached latents
+    sample            generate images from a checkpoint folder (PNG grid or NPZ)
+    evaluate          FID-FMNIST, KID and conditional accuracy, beside the real-data floor
+    bench             training and sampling speed, optionally beside diffusers' U-Net
+    checksums         record the SHA-256 of a checkpoint folder's files in SHA256SUMS
+    course            the course's main job
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+
+
+def _add_common_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default="checkpoints", help="folder with vae + denoiser (default: checkpoints)")
+    p.add_argument("--denoiser", default="denoiser", help="denoiser file name, e.g. denoiser_epoch010 for a ladder rung")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps")
+    p.add_argument("--sampler", default="dpmsolver++", help="ddpm, ddim or dpmsolver++")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
+    p.add_argument("--spacing", default="trailing", help="timestep spacing: leading, trailing or linspace")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=500, help="images per sampler call")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m diffusion_lib", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train-vae", help="train the autoencoder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("train-classifier", help="train the evaluator's classifier")
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+    from .train import add_train_arguments
+
+    add_train_arguments(sub.add_parser("train", help="train the denoiser"))
+
+    p = sub.add_parser("sample", help="generate images")
+    _add_common_sampling(p)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", action="append", help="a prompt such as 'a photo of a sneaker' ('' = unconditional); repeatable")
+    what.add_argument("--all-classes", action="store_true", help="N images for each of the 10 classes, in class order")
+    p.add_argument("--num-images", type=int, default=8, help="images per prompt (per class with --all-classes)")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (0 = unconditional)")
+    p.add_argument("--out", required=True, help="FILE.png (a grid, one row per prompt) or FILE.npz (images, labels)")
+
+    p = sub.add_parser("evaluate", help="measure sample quality against the test set")
+    _add_common_sampling(p)
+    p.add_argument("--num-images", type=int, default=1000, help="generated images in all, split evenly over the 10 classes")
+    p.add_argument("--guidance", type=float, nargs="+", default=[3.0], help="one or more guidance scales")
+    p.add_argument("--evaluator", default=None, help="folder with classifier.safetensors (default: --checkpoint, else checkpoints)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+    p = sub.add_parser("bench", help="measure training and sampling speed")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--vs-diffusers", action="store_true", help="also time diffusers' UNet2DConditionModel of the same shape")
+    p.add_argument("--iters", type=int, default=10, help="timed iterations per measurement (median reported)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format for training")
+    p.add_argument("--compile", action="store_true", help="torch.compile the denoisers")
+    p.add_argument("--tiny", action="store_true", help="tiny sizes: checks that everything runs, in seconds")
+
+    p = sub.add_parser("checksums", help="record SHA-256 sums of a checkpoint folder")
+    p.add_argument("directory")
+
+    p = sub.add_parser("course", help="the course's main job")
+    p.add_argument("--out", default="output", help="folder for everything the job writes")
+    p.add_argument("--checkpoint", default="checkpoints")
+    p.add_argument("--device", default="auto")
+    return parser
+
+
+# ------------------------------------------------------------------------ commands
+def cmd_train_vae(args) -> int:
+    from .device import resolve_device
+    from .train_vae import train_vae
+
+    metrics = train_vae(args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                        device=resolve_device(args.device), limit=args.limit, progress=not args.no_progress)
+    print(json.dumps(metrics, indent=2, default=str))
+    return 0
+
+
+def cmd_train_classifier(args) -> int:
+    from .device import resolve_device
+    from .evaluator import train_classifier
+
+    metrics = train_classifier(args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                               device=str(resolve_device(args.device)), limit=args.limit, progress=not args.no_progress)
+    print(json.dumps(metrics, indent=2, default=str))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import run_from_args
+
+    return run_from_args(args)
+
+
+def _class_prompts(pipe) -> list[str]:
+    return list(pipe.class_names)
+
+
+def cmd_sample(args) -> int:
+    from .pipeline import Pipeline
+
+    out = Path(args.out)
+    if out.suffix not in (".png", ".npz"):
+        raise ValueError(f"--out must end in .png or .npz, got {out.name!r}")
+    pipe = Pipeline.from_pretrained(args.checkpoint, args.device, args.denoiser)
+    prompts = _class_prompts(pipe) if args.all_classes else args.prompt
+    result = pipe(prompts, num_images=args.num_images, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                  sampler=args.sampler, seed=args.seed, eta=args.eta, timestep_spacing=args.spacing,
+                  progress=not args.no_progress, batch_size=args.batch_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npz":
+        import numpy as np
+
+        np.savez_compressed(out, images=result.images.numpy(), labels=result.labels.numpy())
+    else:
+        from .plotting import save_image_grid
+
+        save_image_grid(result.images, out, nrow=args.num_images)
+    print(f"wrote {len(result.images)} images to {out}")
+    return 0
+
+
+def run_evaluation(pipe, evaluator, num_images: int, guidance: float, steps: int, sampler: str, seed: int,
+                   eta: float = 0.0, spacing: str = "trailing", progress: bool = True, batch_size: int = 500) -> dict:
+    """Generate ``num_images`` (evenly over the classes) and measure them; timings included."""
+    classes = list(pipe.class_names)
+    per_class = -(-num_images // len(classes))
+    start = time.perf_counter()
+    result = pipe(classes, num_images=per_class, num_inference_steps=steps, guidance_scale=guidance, sampler=sampler,
+                  seed=seed, eta=eta, timestep_spacing=spacing, progress=progress, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    metrics = evaluator.evaluate(result.images, result.labels)
+    metrics.update(sampler=sampler, steps=steps, guidance=guidance, sampling_seconds=round(seconds, 2))
+    return metrics
+
+
+def format_table(rows: list[dict], floor: dict) -> str:
+    lines = [f"{'sampler':<12} {'steps':>5} {'guid.':>5} {'images':>6} {'FID':>8} {'KID':>9} {'acc.':>6}",
+             f"{'real data':<12} {'':>5} {'':>5} {floor['num_images']:>6} {floor['fid']:>8.3f} {floor['kid']:>9.5f} "
+             f"{floor['accuracy']:>6.3f}"]
+    for r in rows:
+        lines.append(f"{r['sampler']:<12} {r['steps']:>5} {r['guidance']:>5g} {r['num_images']:>6} {r['fid']:>8.3f} "
+                     f"{r['kid']:>9.5f} {r['accuracy']:>6.3f}")
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluator import Evaluator
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.checkpoint, args.device, args.denoiser)
+    ev_dir = args.evaluator or (args.checkpoint if (Path(args.checkpoint) / "classifier.safetensors").exists() else "checkpoints")
+    evaluator = Evaluator.from_pretrained(ev_dir, device=str(pipe.device))
+    rows = [run_evaluation(pipe, evaluator, args.num_images, g, args.steps, args.sampler, args.seed, args.eta,
+                           args.spacing, not args.no_progress, args.batch_size) for g in args.guidance]
+    # the floor at the same number of images: FID is biased upwards for small samples
+    floor = evaluator.real_floor(n=min(rows[0]["num_images"], 60000))
+    print(format_table(rows, floor))
+    if args.json:
+        from .checkpoint import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps({"checkpoint": args.checkpoint, "denoiser": args.denoiser,
+                                                 "real_floor": floor, "results": rows}, indent=2) + "\n")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import environment, format_rows, run_bench
+
+    rows = run_bench(args.device, args.vs_diffusers, args.tiny, args.iters, args.threads, args.channels_last,
+                     args.compile)
+    print(environment(args.device, args.channels_last, args.compile))
+    print(format_rows(rows))
+    return 0
+
+
+def cmd_checksums(args) -> int:
+    from .checkpoint import update_checksums
+
+    directory = Path(args.directory)
+    names = sorted(p.name for p in directory.iterdir() if p.suffix in (".safetensors", ".json"))
+    if not names:
+        raise ValueError(f"{directory} holds no .safetensors or .json files")
+    update_checksums(directory, names)
+    print(f"recorded {len(names)} files in {directory / 'SHA256SUMS'}")
+    return 0
+
+
+def cmd_course(args) -> int:
+    from .course import run_course
+
+    return run_course(args.out, args.checkpoint, args.device)
+
+
+COMMANDS = {
+    "train-vae": cmd_train_vae,
+    "train-classifier": cmd_train_classifier,
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "evaluate": cmd_evaluate,
+    "bench": cmd_bench,
+    "checksums": cmd_checksums,
+    "course": cmd_course,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DataNotFoundError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CheckpointError, DataNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
