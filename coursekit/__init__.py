@@ -1,0 +1,14 @@
+"""coursekit: the tooling around the course notebooks (not the model: that is ``diffusion_lib``).
+
+Modules, one job each:
+
+* ``params``     - check a notebook's papermill parameters, with errors that say how to fix them
+* ``widgets``    - a slider when a person is at the keyboard, the same drawing as a static figure otherwise
+* ``results``    - write the numbers a grader needs beside the executed notebook (``results_NN.json``)
+* ``questions``  - find the embedded questions and their reference answers in a notebook
+* ``show``       - source code, tables and image grids that read well in JupyterLab and in the PDF
+
+coursekit imports ``diffusion_lib``; ``diffusion_lib`` never imports coursekit.
+"""
+
+__version__ = "0.1.0"

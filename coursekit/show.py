@@ -1,0 +1,71 @@
+"""Showing things in a notebook so that they read well in JupyterLab and in the exported PDF.
+
+* :func:`source`  - the code of a ``diffusion_lib`` function or class, as a highlighted block
+* :func:`table`   - rows of numbers as a Markdown table (renders in the PDF, unlike a DataFrame's HTML)
+* :func:`images`  - a grid of images on a matplotlib axis
+"""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+from typing import Any, Sequence
+
+import torch
+
+from diffusion_lib.data import to_pixels
+from diffusion_lib.plotting import image_grid
+
+
+def source(obj: Any) -> None:
+    """Display the source of ``obj`` (function, method, class or module) as a Python code block."""
+    from IPython.display import Markdown, display
+
+    code = textwrap.dedent(inspect.getsource(obj)).rstrip()
+    module = getattr(inspect.getmodule(obj), "__name__", "?")
+    display(Markdown(f"`{module}.{getattr(obj, '__qualname__', getattr(obj, '__name__', ''))}`\n\n```python\n{code}\n```"))
+
+
+def _cell(value: Any, digits: int) -> str:
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def table_markdown(rows: Sequence[Sequence[Any]], headers: Sequence[str], digits: int = 4) -> str:
+    """Rows as a Markdown table; floats with ``digits`` significant digits (scientific when tiny or huge).
+
+    A "|" inside a cell (e.g. a norm ||x||) is escaped so that it does not split the cell.
+    """
+    def escape(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(escape, headers)) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"a row has {len(row)} cells but there are {len(headers)} headers: {row!r}")
+        cells = (escape(_cell(v.item() if hasattr(v, "item") else v, digits)) for v in row)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], digits: int = 4) -> None:
+    """Display :func:`table_markdown` in the notebook."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(table_markdown(rows, headers, digits)))
+
+
+def images(ax, x: torch.Tensor, nrow: int, title: str | None = None, upscale: int = 1) -> None:
+    """Draw images on ``ax`` as one grid, ``nrow`` per row.
+
+    :param x: model space (N, 1, H, W) floats in [-1, 1] (clipped; 32x32 is cropped to 28x28), or uint8 (N, H, W)
+    """
+    x = x.detach().cpu()
+    pixels = x if x.dtype == torch.uint8 else to_pixels(x.float())
+    ax.imshow(image_grid(pixels, nrow, upscale=upscale), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=10)
