@@ -36,3 +36,29 @@ def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int, upscale: 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image_grid(images, nrow, upscale=upscale)).save(path)
     return path
+
+
+def plot_training_log(log: str | Path, path: str | Path, title: str = "denoiser training") -> Path:
+    """PNG of loss (and images/s) per epoch from a ``train_log.jsonl``."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax1.plot(epochs, [r["loss"] for r in rows], marker=".")
+    ax1.set(xlabel="epoch", ylabel="training loss (MSE of the noise)", title=title)
+    ax1.set_yscale("log")
+    ax1.grid(alpha=0.3)
+    ax2.plot(epochs, [r["images_per_s"] for r in rows], marker=".", color="tab:orange")
+    ax2.set(xlabel="epoch", ylabel="images / s", title="throughput", ylim=(0, None))
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
