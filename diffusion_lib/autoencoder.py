@@ -52,6 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import load_component, load_into
+from .layers import Downsample, Upsample
 
 COMPONENT = "vae"
 LOGVAR_RANGE = (-30.0, 20.0)  # keeps exp(logvar) finite in float32 (as in latent diffusion)
@@ -162,29 +163,6 @@ class ResBlock(nn.Module):
         h = self.conv2(F.silu(self.norm2(h)))
         # residual path: the block learns a correction to its input
         return self.skip(x) + h
-
-
-class Downsample(nn.Module):
-    """Halve H and W with a learned stride-2 3x3 convolution.  (B, C, H, W) -> (B, C, H/2, W/2)"""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-class Upsample(nn.Module):
-    """Double H and W: nearest-neighbour copy, then a 3x3 conv (no checkerboard artefacts
-    as a transposed conv may give).  (B, C, H, W) -> (B, C, 2H, 2W)"""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class Encoder(nn.Module):

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import SpatialTransformer
+from .layers import Downsample, Upsample
 
 
 @dataclass
@@ -173,28 +174,6 @@ class ResBlock(nn.Module):
         h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.skip(x) + h
-
-
-class Downsample(nn.Module):
-    """Halve the resolution with a stride-2 3x3 convolution: (B, C, H, W) -> (B, C, H/2, W/2)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-class Upsample(nn.Module):
-    """Double the resolution: nearest-neighbour copy, then a 3x3 convolution: (B, C, H, W) -> (B, C, 2H, 2W)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class TimestepSequential(nn.Sequential):
