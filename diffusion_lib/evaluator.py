@@ -449,15 +449,22 @@ class Evaluator:
         return {"fid": fid, "kid": kid, "kid_std": kid_std, "accuracy": accuracy, "num_images": int(x.shape[0])}
 
     def real_floor(self, n: int = 10000, **kwargs) -> dict[str, Any]:
-        """The same numbers for the first ``n`` real *training* images (labels = true classes).
+        """The same numbers for ``n`` real *training* images, balanced over the classes.
 
         Real images are the best any generator can do, so this is the floor a
-        model's FID/KID should be read against (at the same ``n``). Its accuracy
-        is optimistic: the classifier was trained on these images (its accuracy
-        on unseen real images is ``classifier.config.test_accuracy``).
+        model's FID/KID should be read against (at the same ``n``, since FID is
+        biased upwards for small samples). Like the generated sets, the sample is
+        balanced: the first ``n / 10`` images of each class (for n < 60,000). Its
+        accuracy is optimistic: the classifier was trained on these images (its
+        accuracy on unseen real images is ``classifier.config.test_accuracy``).
         """
         key = (n, tuple(sorted(kwargs.items())))
         if key not in self._floors:
-            train = load_split("train").subset(n)
+            train = load_split("train")
+            classes = int(train.labels.max()) + 1
+            if n < len(train):
+                per_class = -(-n // classes)
+                picks = torch.cat([torch.nonzero(train.labels == c).flatten()[:per_class] for c in range(classes)])
+                train = ImageSet(train.images[picks], train.labels[picks], train.class_names)
             self._floors[key] = self.evaluate(train.images, train.labels, **kwargs)
         return self._floors[key]

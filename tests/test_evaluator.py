@@ -149,3 +149,16 @@ def test_shipped_classifier_reaches_93_percent():
     accuracy = (logits.argmax(1) == test.labels).double().mean().item()
     assert accuracy >= 0.93
     assert model.config.test_accuracy == pytest.approx(accuracy, abs=1e-4)
+
+
+def test_real_floor_is_class_balanced(evaluator, monkeypatch):
+    seen = {}
+    original = evaluator.evaluate
+
+    def spy(images, labels=None, **kwargs):
+        seen["counts"] = torch.bincount(torch.as_tensor(labels), minlength=10).tolist()
+        return original(images, labels, **kwargs)
+
+    monkeypatch.setattr(evaluator, "evaluate", spy)
+    evaluator.real_floor(n=100, kid_subsets=2, kid_subset_size=50)
+    assert seen["counts"] == [10] * 10
