@@ -7,6 +7,10 @@ Modules, one job each:
 * ``results``    - write the numbers a grader needs beside the executed notebook (``results_NN.json``)
 * ``questions``  - find the embedded questions and their reference answers in a notebook
 * ``show``       - source code, tables and image grids that read well in JupyterLab and in the PDF
+* ``checkpoints`` - find and check a notebook's checkpoint folder, wherever the kernel runs
+* ``trace``      - a shape trace of a model, block by block (forward hooks)
+* ``animation``  - a sampling trajectory as an HTML/JS animation, and as a static strip for PDFs
+* ``runs``       - a student's training run: reuse, resume or train; the shipped epoch ladder
 
 coursekit imports ``diffusion_lib``; ``diffusion_lib`` never imports coursekit.
 """
