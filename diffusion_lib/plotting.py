@@ -62,3 +62,34 @@ def plot_training_log(log: str | Path, path: str | Path, title: str = "denoiser 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_ladder(results: dict[int, dict], floor: dict, path: str | Path) -> Path:
+    """PNG of FID-FMNIST and conditional accuracy against training epochs.
+
+    :param results: ``{epoch: evaluate() result}`` for each rung of the ladder
+    :param floor: the real-data floor at the same number of images
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = sorted(results)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax1.plot(epochs, [results[e]["fid"] for e in epochs], marker="o", label="model")
+    ax1.axhline(floor["fid"], color="gray", ls="--", label="real-data floor")
+    ax1.set(xlabel="epoch", ylabel="FID-FMNIST", xscale="log", yscale="log", title="FID (lower is better)")
+    ax1.legend()
+    ax2.plot(epochs, [results[e]["accuracy"] for e in epochs], marker="o", color="tab:green", label="model")
+    ax2.axhline(floor["accuracy"], color="gray", ls="--", label="real training images")
+    ax2.set(xlabel="epoch", ylabel="conditional accuracy", xscale="log", ylim=(0, 1.02), title="prompted class drawn")
+    ax2.legend(loc="lower right")
+    for ax in (ax1, ax2):
+        ax.set_xticks(epochs, [str(e) for e in epochs])
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
