@@ -794,7 +794,7 @@ class Trainer:
                   f"complete. Continue with: python -m diffusion_lib train --out {self.out_dir} "
                   f"--epochs {self.config.epochs} --resume", file=sys.stderr, flush=True)
         else:
-            print(f"\ninterrupted in epoch 1: no epoch had finished, so there is nothing to resume. "
+            print("\ninterrupted in epoch 1: no epoch had finished, so there is nothing to resume. "
                   "Run the same command again to start over.", file=sys.stderr, flush=True)
 
     # --------------------------------------------------------------------------- saving

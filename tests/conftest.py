@@ -2,6 +2,8 @@
 
 import os
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -17,3 +19,16 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~20 s on a 2-core CPU (still run in CI)")
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU; skipped without one")
     config.addinivalue_line("markers", "notebook: executes a notebook with papermill")
+
+
+@pytest.fixture(scope="session")
+def vae_dir(tmp_path_factory) -> Path:
+    """A small, untrained autoencoder saved as vae.safetensors + vae.json (random weights do for trainer tests)."""
+    from diffusion_lib.autoencoder import AutoencoderConfig, AutoencoderKL
+    from diffusion_lib.checkpoint import save_component
+
+    directory = tmp_path_factory.mktemp("vae")
+    torch.manual_seed(0)
+    config = AutoencoderConfig(channels=(8, 8, 8), norm_groups=4, scale_factor=2.0)
+    save_component(directory, "vae", AutoencoderKL(config), config.to_dict())
+    return directory

@@ -14,23 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 from coursekit import runs
-from diffusion_lib.autoencoder import AutoencoderConfig, AutoencoderKL
-from diffusion_lib.checkpoint import save_component
 from diffusion_lib.denoiser import load_denoiser
 from diffusion_lib.train import TrainConfig
 
 TINY_UNET = {"base_channels": 8, "channel_mult": [1, 2], "attention_levels": [1], "num_heads": 2, "norm_groups": 4,
              "ff_mult": 1}
 TINY_PROMPT = {"dim": 16, "heads": 2}
-
-
-@pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("vae")
-    torch.manual_seed(0)
-    config = AutoencoderConfig(channels=(8, 8, 8), norm_groups=4, scale_factor=2.0)
-    save_component(directory, "vae", AutoencoderKL(config), config.to_dict())
-    return directory
 
 
 def tiny(out_dir: Path, vae_dir: Path, **overrides) -> TrainConfig:

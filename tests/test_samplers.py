@@ -1,7 +1,5 @@
 """Samplers pinned to diffusers' schedulers and to an analytic model of Gaussian data."""
 
-import math
-
 import pytest
 import torch
 

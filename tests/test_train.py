@@ -41,16 +41,6 @@ TINY_UNET = {"base_channels": 8, "channel_mult": [1, 2], "attention_levels": [1]
 TINY_PROMPT = {"dim": 16, "heads": 2}
 
 
-@pytest.fixture(scope="session")
-def vae_dir(tmp_path_factory) -> Path:
-    """A small, untrained autoencoder saved as vae.safetensors + vae.json (random weights do for the trainer)."""
-    directory = tmp_path_factory.mktemp("vae")
-    torch.manual_seed(0)
-    config = AutoencoderConfig(channels=(8, 8, 8), norm_groups=4, scale_factor=2.0)
-    save_component(directory, "vae", AutoencoderKL(config), config.to_dict())
-    return directory
-
-
 def tiny(out_dir: Path, vae_dir: Path, **overrides) -> TrainConfig:
     settings = dict(
         out_dir=str(out_dir), epochs=2, batch_size=32, limit=128, vae_dir=str(vae_dir), warmup_steps=3,
@@ -183,7 +173,7 @@ def test_cli_exit_codes(tmp_path, monkeypatch, capsys):
 
 
 # --------------------------------------------------------------------------------- full runs
-def test_resume_reproduces_an_uninterrupted_run_bitwise(two_epochs, one_epoch, tmp_path):
+def test_resume_reproduces_an_uninterrupted_run_bitwise(two_epochs, one_epoch, tmp_path, vae_dir):
     reference, reference_history = two_epochs
     run = copy_run(one_epoch, tmp_path)
     history = train(tiny(run, vae_dir, epochs=2, resume=True))
