@@ -7,7 +7,6 @@
     evaluate          FID-FMNIST, KID and conditional accuracy, beside the real-data floor
     bench             training and sampling speed, optionally beside diffusers' U-Net
     checksums         record the SHA-256 of a checkpoint folder's files in SHA256SUMS
-    course            the course's main job
 """
 
 from __future__ import annotations
@@ -91,10 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("checksums", help="record SHA-256 sums of a checkpoint folder")
     p.add_argument("directory")
 
-    p = sub.add_parser("course", help="the course's main job")
-    p.add_argument("--out", default="output", help="folder for everything the job writes")
-    p.add_argument("--checkpoint", default="checkpoints")
-    p.add_argument("--device", default="auto")
     return parser
 
 
@@ -219,12 +214,6 @@ def cmd_checksums(args) -> int:
     return 0
 
 
-def cmd_course(args) -> int:
-    from .course import run_course
-
-    return run_course(args.out, args.checkpoint, args.device)
-
-
 COMMANDS = {
     "train-vae": cmd_train_vae,
     "train-classifier": cmd_train_classifier,
@@ -233,7 +222,6 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "bench": cmd_bench,
     "checksums": cmd_checksums,
-    "course": cmd_course,
 }
 
 

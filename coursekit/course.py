@@ -1,12 +1,15 @@
 """The course's main job: everything a ``./kit course`` run produces, from the shipped checkpoints.
 
-Writes into ``out``:
+``python -m coursekit course [--out output]`` writes into ``out``:
 
 * ``notebooks/NN_*.ipynb`` - every course notebook executed by papermill in quick mode (the
   sources in ``notebooks/`` are never written to), with each notebook's ``results_NN.json``;
 * ``samples.png`` / ``samples.npz`` - ten samples of every class from the shipped model;
 * ``evaluation.json`` - FID-FMNIST, KID and conditional accuracy of 1,000 samples at guidance
-  1 and 3, beside the real-data floor (also printed).
+  1 and 3, beside the real-data floor (also printed);
+
+and exports the answers (every question, answer and figure of the executed notebooks, then
+the derivations) to ``answers/answers.pdf``.
 
 A notebook that fails is reported with its error and the job goes on; the exit code is 1 if any did.
 """
@@ -17,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
+from diffusion_lib.checkpoint import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,13 +49,16 @@ def run_notebooks(out: Path, checkpoint: Path, device: str) -> list[dict]:
     return statuses
 
 
-def run_course(out: str | Path, checkpoint: str | Path = "checkpoints", device: str = "auto") -> int:
+def run_course(out: str | Path, checkpoint: str | Path = "checkpoints", device: str = "auto",
+               pdf: str | Path | None = REPO / "answers" / "answers.pdf") -> int:
     import numpy as np
 
-    from .__main__ import format_table, run_evaluation
-    from .evaluator import Evaluator
-    from .pipeline import Pipeline
-    from .plotting import save_image_grid
+    from diffusion_lib.__main__ import format_table, run_evaluation
+    from diffusion_lib.evaluator import Evaluator
+    from diffusion_lib.pipeline import Pipeline
+    from diffusion_lib.plotting import save_image_grid
+
+    from .export import ExportError, export_answers
 
     out, checkpoint = Path(out).resolve(), Path(checkpoint).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +78,14 @@ def run_course(out: str | Path, checkpoint: str | Path = "checkpoints", device: 
     atomic_write_text(out / "evaluation.json",
                       json.dumps({"real_floor": floor, "results": rows, "notebooks": statuses}, indent=2) + "\n")
     failed = [s["notebook"] for s in statuses if not s["ok"]]
+    if pdf is not None:
+        start = time.perf_counter()
+        try:
+            path = export_answers(out / "notebooks", pdf)
+            print(f"answers: {path} ({time.perf_counter() - start:.0f} s)")
+        except ExportError as err:
+            print(f"answers PDF failed: {err}")
+            failed.append("answers PDF")
     if failed:
-        print(f"{len(failed)} notebook(s) failed: {', '.join(failed)}")
+        print(f"{len(failed)} part(s) failed: {', '.join(failed)}")
     return 1 if failed else 0

@@ -1,0 +1,109 @@
+"""The instructor's commands: ``python -m coursekit course | export | release | grade``.
+
+::
+
+    python -m coursekit course  [--out output]      every notebook in quick mode, samples, evaluation, answers PDF
+    python -m coursekit export  [--notebooks output/notebooks] [--out answers/answers.pdf]
+    python -m coursekit release --out release/ [--overwrite]
+    python -m coursekit grade   SUBMISSIONS --out grading/ [--jobs 2] [--timeout 600] [--memory-gb 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _course(args) -> int:
+    from .course import run_course
+
+    return run_course(args.out, args.checkpoint, args.device, pdf=None if args.no_pdf else args.pdf)
+
+
+def _export(args) -> int:
+    from .export import DERIVATIONS, ExportError, export_answers
+
+    start = time.perf_counter()
+    try:
+        path = export_answers(args.notebooks, args.out, derivations=None if args.no_derivations else DERIVATIONS,
+                              title=args.title)
+    except ExportError as err:
+        print(f"export failed: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+def _release(args) -> int:
+    from .release import ReleaseError, write_release
+
+    try:
+        files = write_release(args.out, args.notebooks, overwrite=args.overwrite)
+    except ReleaseError as err:
+        print(f"release failed: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote the student edition ({len(files)} files) to {args.out}; no reference answer survives in it")
+    return 0
+
+
+def _grade(args) -> int:
+    from .grade import grade
+
+    start = time.perf_counter()
+    results, sandbox = grade(args.submissions, args.out, reference_dir=args.reference, notebooks=args.notebook,
+                             jobs=args.jobs, timeout_s=args.timeout, memory_gb=args.memory_gb, pdf=not args.no_pdf)
+    ran = sum(r.status == "ok" for r in results)
+    print(f"{ran}/{len(results)} notebook runs succeeded in {time.perf_counter() - start:.0f} s; "
+          f"report: {Path(args.out) / 'summary.html'}, {Path(args.out) / 'grades.csv'}")
+    if not sandbox.isolated:
+        print(sandbox.description, file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m coursekit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("course", help="the course's main job: notebooks in quick mode, samples, answers PDF")
+    p.add_argument("--out", default="output", help="folder for the executed notebooks, samples and evaluation")
+    p.add_argument("--checkpoint", default=str(REPO / "checkpoints"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--pdf", default=str(REPO / "answers" / "answers.pdf"), help="where the answers PDF goes")
+    p.add_argument("--no-pdf", action="store_true", help="skip the answers PDF")
+    p.set_defaults(run=_course)
+
+    p = sub.add_parser("export", help="questions, answers, figures and derivations of executed notebooks -> one PDF")
+    p.add_argument("--notebooks", default="output/notebooks", help="folder of executed NN_*.ipynb (./kit course)")
+    p.add_argument("--out", default="answers/answers.pdf")
+    p.add_argument("--title", default="The Stable Diffusion course: answers")
+    p.add_argument("--no-derivations", action="store_true", help="leave out answers/derivations.md")
+    p.set_defaults(run=_export)
+
+    p = sub.add_parser("release", help="the student edition: reference answers replaced, outputs cleared")
+    p.add_argument("--out", required=True, help="folder for the student edition")
+    p.add_argument("--notebooks", default=str(REPO / "notebooks"), help="the course notebooks (with answers)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(run=_release)
+
+    p = sub.add_parser("grade", help="execute and check a folder of submissions (one subfolder per student)")
+    p.add_argument("submissions", help="folder with one subfolder of notebooks per student")
+    p.add_argument("--out", required=True, help="folder for grades.csv, summary.html and per-student results")
+    p.add_argument("--jobs", type=int, default=2, help="notebooks executed at the same time")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per notebook (and per cell) before it is killed")
+    p.add_argument("--memory-gb", type=float, default=8, help="address-space limit per process, GiB")
+    p.add_argument("--notebook", action="append", help="grade only this notebook (e.g. 01_forward_diffusion.ipynb); "
+                                                       "repeatable")
+    p.add_argument("--reference", default=str(REPO / "notebooks"), help="the reference notebooks (with answers)")
+    p.add_argument("--no-pdf", action="store_true", help="skip the per-student answers PDF")
+    p.set_defaults(run=_grade)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

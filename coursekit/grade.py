@@ -1,0 +1,363 @@
+"""Grade a folder of submissions: run every student's notebooks, check their answers, write the report.
+
+::
+
+    python -m coursekit grade SUBMISSIONS --out grading/ --jobs 2 --timeout 600
+
+``SUBMISSIONS`` holds one folder per student with their notebooks (``NN_*.ipynb``, named as
+in the course). For every student and course notebook the grader
+
+1. copies the student's folder to a fresh temporary folder and executes the notebook there
+   with papermill in quick mode (``quick=True, device=cpu``, the shipped checkpoints), inside
+   the sandbox of :mod:`coursekit.sandbox`, with a per-notebook time and memory limit;
+2. records whether it ran (or the cell and error where it failed, or the time-out), the
+   questions answered (answer cells with something other than the placeholder), questions
+   whose cells were renamed or deleted, the numbers it wrote (``results_NN.json``) and the
+   wall time;
+3. writes ``grades.csv`` (one row per student and notebook), ``summary.html``, and for each
+   student ``STUDENT/answers.pdf`` (their questions, answers and figures, exported inside the
+   sandbox as well) beside their executed notebooks.
+
+Nothing a notebook does can stop the batch: every run is a separate process tree with its
+own limits, and every failure becomes a row of the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from . import questions as Q
+from . import sandbox as sb
+
+REPO = Path(__file__).resolve().parent.parent
+QUICK = {"quick": True, "device": "cpu"}
+
+
+@dataclass
+class QuestionCheck:
+    """How a student's notebook holds the reference questions."""
+
+    total: int
+    answered: list[str] = field(default_factory=list)
+    unanswered: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)   # neither question nor answer cell found
+    altered: list[str] = field(default_factory=list)   # found, but the question or answer cell was renamed/changed
+
+
+@dataclass
+class NotebookResult:
+    student: str
+    notebook: str
+    status: str                      # ok, failed, timeout, missing, unreadable
+    error_cell: int | None = None    # index of the failing cell in the student's notebook (0 = first cell)
+    error: str = ""
+    answered: int = 0
+    questions: int = 0
+    missing_questions: list[str] = field(default_factory=list)
+    altered_questions: list[str] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+# ------------------------------------------------------------------------ the questions
+def _answer_text(source: str) -> str:
+    body = Q.solution_text(source)
+    text = source if body is None else body
+    lines = [line for line in text.splitlines() if line.strip() and line.strip() != Q.STUDENT_PLACEHOLDER
+             and line.strip() not in (Q.BEGIN_SOLUTION, Q.END_SOLUTION)]
+    return "\n".join(lines)
+
+
+def check_questions(student_nb: Any, reference_nb: Any) -> QuestionCheck:
+    """Compare a student's notebook with the reference: which questions are there and answered.
+
+    Answers are found by their nbgrader ``grade_id`` (which the student edition keeps), so
+    moved cells are fine; a question whose label changed or whose cells were deleted is
+    reported instead of crashing the grader.
+    """
+    reference = Q.find_questions(reference_nb)
+    check = QuestionCheck(total=len(reference))
+    cells = student_nb.get("cells", [])
+    by_grade_id = {}
+    for i, cell in enumerate(cells):
+        gid = (cell.get("metadata", {}).get("nbgrader") or {}).get("grade_id")
+        if cell.get("cell_type") == "code" and gid:
+            by_grade_id.setdefault(gid, i)
+    student_questions = {q.label: q for q in Q.find_questions(student_nb)}
+    for ref in reference:
+        index = by_grade_id.get(ref.grade_id)
+        if index is None:
+            asked = student_questions.get(ref.label)
+            if asked is None or asked.answer_index is None:
+                check.missing.append(ref.label)
+                continue
+            index = asked.answer_index
+            check.altered.append(ref.label)  # the answer cell lost its metadata
+        elif ref.label not in student_questions:
+            check.altered.append(ref.label)  # the question cell was renamed or deleted
+        source = cells[index].get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        (check.answered if _answer_text(source) else check.unanswered).append(ref.label)
+    return check
+
+
+# ---------------------------------------------------------------------- one notebook run
+def _first_error(executed: Path) -> tuple[int | None, str]:
+    """The first cell of an executed notebook whose output is an error, and its message."""
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except Exception:  # noqa: BLE001 - a half-written notebook is reported, not fatal
+        return None, ""
+    # papermill adds cells (the injected parameters, an error banner): count the student's cells only
+    added = {"injected-parameters", "papermill-error-cell-tag"}
+    students_cells = [c for c in nb.cells if not added & set(c.get("metadata", {}).get("tags", []))]
+    for i, cell in enumerate(students_cells):
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if output.get("output_type") == "error":
+                return i, f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"[:500]
+    return None, ""
+
+
+def _tail(text: str, lines: int = 3) -> str:
+    kept = [line for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(kept[-lines:])[:500]
+
+
+def _scalars(values: Any) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        return {}
+    return {str(k): v for k, v in values.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def papermill_parameters(reference: Path, extra: dict[str, Any]) -> list[str]:
+    """``-p name value`` for the quick-mode parameters the reference notebook declares."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(reference))
+    wanted = {**QUICK, "checkpoint_dir": str(REPO / "checkpoints"), "evaluator_dir": str(REPO / "checkpoints"),
+              "results_dir": ".", **extra}
+    args = []
+    for name, value in wanted.items():
+        if name in declared:
+            args += ["-p", name, str(value)]
+    return args
+
+
+def run_one(student_dir: Path, reference: Path, out_dir: Path, sandbox: sb.Sandbox, timeout_s: float,
+            memory_gb: float, hide: list[Path], extra_parameters: dict[str, Any]) -> NotebookResult:
+    """Execute one student's copy of ``reference.name`` in a temporary copy of their folder."""
+    student, name = student_dir.name, reference.name
+    result = NotebookResult(student, name, "missing")
+    reference_nb = nbformat.read(reference, as_version=4)
+    result.questions = len(Q.find_questions(reference_nb))
+    source = student_dir / name
+    if not source.is_file():
+        result.error = f"{name} not found in the submission"
+        result.missing_questions = [q.label for q in Q.find_questions(reference_nb)]
+        return result
+    try:
+        student_nb = json.loads(source.read_text(errors="replace"))
+        check = check_questions(student_nb, reference_nb)
+    except (json.JSONDecodeError, AttributeError, TypeError) as err:
+        result.status, result.error = "unreadable", f"not a notebook: {err}"[:300]
+        return result
+    result.answered = len(check.answered)
+    result.missing_questions, result.altered_questions = check.missing, check.altered
+
+    with tempfile.TemporaryDirectory(prefix="coursekit-grade-") as tmp:
+        work = Path(tmp) / "work"
+        shutil.copytree(student_dir, work, symlinks=True)
+        executed = work / f".executed-{name}"
+        command = [sys.executable, "-m", "papermill", name, executed.name, "--cwd", str(work), "--kernel", "python3",
+                   "--no-progress-bar", "--execution-timeout", str(int(timeout_s)),
+                   *papermill_parameters(reference, extra_parameters)]
+        done = sb.run(command, work, sandbox, timeout_s=timeout_s + 30, memory_gb=memory_gb, hide=hide)
+        result.wall_s = round(done.seconds, 1)
+        cell, error = _first_error(executed) if executed.is_file() else (None, "")
+        if done.timed_out:
+            result.status, result.error_cell = "timeout", cell
+            result.error = f"killed after {timeout_s:.0f} s"
+        elif done.returncode == 0:
+            result.status = "ok"
+        else:
+            result.status, result.error_cell = "failed", cell
+            result.error = error or _tail(done.stderr) or f"exit code {done.returncode}"
+        # papermill's per-cell limit interrupts the kernel: the cell shows a KeyboardInterrupt
+        if result.status == "failed" and ("CellTimeoutError" in done.stderr or "timed out" in done.stderr):
+            result.status = "timeout"
+            result.error = f"a cell ran longer than {timeout_s:.0f} s and was interrupted ({result.error})"
+        results_file = work / f"results_{name[:2]}.json"
+        target = out_dir / student
+        target.mkdir(parents=True, exist_ok=True)
+        if results_file.is_file() and not results_file.is_symlink():
+            try:
+                payload = json.loads(results_file.read_text()[:1_000_000])
+                result.values = _scalars(payload.get("values") if isinstance(payload, dict) else None)
+                (target / results_file.name).write_text(json.dumps(payload, indent=2)[:1_000_000])
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                result.values = {"error": "results file is not valid JSON"}
+        if executed.is_file() and not executed.is_symlink():
+            shutil.copyfile(executed, target / name)
+    return result
+
+
+# ------------------------------------------------------------------------ the whole batch
+def students(submissions: Path) -> list[Path]:
+    found = sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise SystemExit(f"no student folders in {submissions}: expected one subfolder per student holding their "
+                         "notebooks")
+    return found
+
+
+def export_student_pdf(student: str, out_dir: Path, sandbox: sb.Sandbox, memory_gb: float, hide: list[Path],
+                       timeout_s: float = 600) -> str:
+    """Export ``out_dir/student``'s executed notebooks to ``answers.pdf`` inside the sandbox; '' or an error."""
+    folder = out_dir / student
+    notebooks = sorted(folder.glob("[0-9][0-9]_*.ipynb")) if folder.is_dir() else []
+    if not notebooks:
+        return "no executed notebook to export"
+    with tempfile.TemporaryDirectory(prefix="coursekit-pdf-") as tmp:
+        work = Path(tmp)
+        for nb in notebooks:
+            shutil.copyfile(nb, work / nb.name)
+        for res in folder.glob("results_*.json"):
+            shutil.copyfile(res, work / res.name)
+        command = [sys.executable, "-m", "coursekit", "export", "--notebooks", str(work), "--out",
+                   str(work / "answers.pdf"), "--no-derivations", "--title", f"Answers of {student}"]
+        done = sb.run(command, work, sandbox, timeout_s=timeout_s, memory_gb=memory_gb, hide=hide)
+        if done.returncode == 0 and (work / "answers.pdf").is_file():
+            shutil.copyfile(work / "answers.pdf", folder / "answers.pdf")
+            return ""
+        return "PDF export failed: " + (_tail(done.stderr) or ("timed out" if done.timed_out else "no output"))
+
+
+def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = REPO / "notebooks",
+          notebooks: list[str] | None = None, jobs: int = 2, timeout_s: float = 600, memory_gb: float = 8,
+          pdf: bool = True, extra_parameters: dict[str, Any] | None = None,
+          progress: bool = True) -> tuple[list[NotebookResult], sb.Sandbox]:
+    """Grade every student folder of ``submissions`` against the notebooks of ``reference_dir``."""
+    submissions, out, reference_dir = Path(submissions).resolve(), Path(out).resolve(), Path(reference_dir).resolve()
+    if not submissions.is_dir():
+        raise SystemExit(f"{submissions} is not a folder of submissions")
+    references = sorted(reference_dir.glob("[0-9][0-9]_*.ipynb"))
+    if notebooks:
+        unknown = sorted(set(notebooks) - {p.name for p in references})
+        if unknown:
+            raise SystemExit(f"unknown notebook(s) {', '.join(unknown)}; the course has: "
+                             f"{', '.join(p.name for p in references)}")
+        references = [p for p in references if p.name in notebooks]
+    if not references:
+        raise SystemExit(f"no reference notebooks (NN_*.ipynb) in {reference_dir}")
+    if jobs < 1:
+        raise SystemExit(f"--jobs must be >= 1, got {jobs}")
+    out.mkdir(parents=True, exist_ok=True)
+    sandbox = sb.probe()
+    print(sandbox.description, flush=True)
+    hide = [REPO, reference_dir, submissions, out]
+    tasks = [(s, r) for s in students(submissions) for r in references]
+    start = time.perf_counter()
+
+    def one(task):
+        student_dir, reference = task
+        try:
+            res = run_one(student_dir, reference, out, sandbox, timeout_s, memory_gb, hide, extra_parameters or {})
+        except Exception as err:  # noqa: BLE001 - the grader's own failure on one run must not stop the batch
+            res = NotebookResult(student_dir.name, reference.name, "failed", error=f"grader error: {err!r}"[:500])
+        if progress:
+            print(f"{res.student:<20} {res.notebook:<40} {res.status:<8} {res.answered}/{res.questions} answered, "
+                  f"{res.wall_s} s" + (f"  {res.error[:100]}" if res.error else ""), flush=True)
+        return res
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = list(pool.map(one, tasks))
+    pdf_errors: dict[str, str] = {}
+    if pdf:
+        names = sorted({r.student for r in results})
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for name, err in zip(names, pool.map(
+                    lambda n: export_student_pdf(n, out, sandbox, memory_gb, hide), names)):
+                pdf_errors[name] = err
+    write_csv(results, out / "grades.csv")
+    write_html(results, sandbox, out / "summary.html", pdf_errors, time.perf_counter() - start)
+    (out / "report.txt").write_text(sandbox.description + "\n" + summary_lines(results, pdf_errors))
+    return results, sandbox
+
+
+# ------------------------------------------------------------------------------- reports
+CSV_FIELDS = ["student", "notebook", "status", "error_cell", "error", "answered", "questions", "missing_questions",
+              "altered_questions", "wall_s", "values"]
+
+
+def write_csv(results: list[NotebookResult], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in results:
+            row = asdict(r)
+            row["missing_questions"] = " ".join(r.missing_questions)
+            row["altered_questions"] = " ".join(r.altered_questions)
+            row["values"] = json.dumps(r.values, sort_keys=True)
+            writer.writerow(row)
+
+
+def summary_lines(results: list[NotebookResult], pdf_errors: dict[str, str]) -> str:
+    lines = []
+    for name in sorted({r.student for r in results}):
+        mine = [r for r in results if r.student == name]
+        ran = sum(r.status == "ok" for r in mine)
+        answered = sum(r.answered for r in mine)
+        total = sum(r.questions for r in mine)
+        note = f"; {pdf_errors[name]}" if pdf_errors.get(name) else ""
+        lines.append(f"{name}: {ran}/{len(mine)} notebooks ran, {answered}/{total} questions answered{note}")
+    return "\n".join(lines) + "\n"
+
+
+def write_html(results: list[NotebookResult], sandbox: sb.Sandbox, path: Path, pdf_errors: dict[str, str],
+               seconds: float) -> None:
+    e = html.escape
+    colour = {"ok": "#d9f2d9", "failed": "#f8d0d0", "timeout": "#f8e0b0", "missing": "#e0e0e0",
+              "unreadable": "#f8d0d0"}
+    rows = []
+    for r in results:
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(r.values.items())[:8])
+        problems = "; ".join(filter(None, [
+            f"missing: {' '.join(r.missing_questions)}" if r.missing_questions else "",
+            f"renamed/changed: {' '.join(r.altered_questions)}" if r.altered_questions else ""]))
+        where = f"cell {r.error_cell}: " if r.error_cell is not None else ""
+        rows.append(
+            f"<tr style='background:{colour.get(r.status, '#fff')}'><td>{e(r.student)}</td><td>{e(r.notebook)}</td>"
+            f"<td>{e(r.status)}</td><td>{e(where + r.error)}</td><td>{r.answered}/{r.questions}</td>"
+            f"<td>{e(problems)}</td><td>{e(values)}</td><td>{r.wall_s}</td></tr>")
+    students_html = "".join(
+        f"<li>{e(line)}" + (f" (<a href='{e(name)}/answers.pdf'>answers.pdf</a>)" if not pdf_errors.get(name, "x")
+                            else "") + "</li>"
+        for name, line in ((n, l) for n, l in zip(sorted({r.student for r in results}),
+                                                  summary_lines(results, pdf_errors).splitlines())))
+    warning = "" if sandbox.isolated else " style='color:#b00000;font-weight:bold'"
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Grading summary</title>
+<style>body{{font-family:sans-serif;margin:2em}} td,th{{border:1px solid #999;padding:3px 6px;font-size:90%}}
+table{{border-collapse:collapse}}</style></head><body>
+<p{warning}>{e(sandbox.description)}</p>
+<h1>Grading summary</h1>
+<p>{len({r.student for r in results})} students, {len(results)} notebook runs, {seconds:.0f} s in all.</p>
+<ul>{students_html}</ul>
+<table><tr><th>student</th><th>notebook</th><th>status</th><th>error</th><th>answered</th><th>questions</th>
+<th>numbers written</th><th>wall s</th></tr>
+{''.join(rows)}
+</table></body></html>
+"""
+    path.write_text(page)

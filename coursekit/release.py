@@ -1,0 +1,158 @@
+"""The student edition: the course notebooks with every reference answer taken out.
+
+For each ``notebooks/NN_*.ipynb`` the release keeps every cell, the parameters and the
+questions, and
+
+* replaces the lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` of every
+  answer cell by ``# YOUR ANSWER HERE`` (the markers and the nbgrader metadata stay, so
+  the grader finds the answers again);
+* clears every output and execution count, and drops cell attachments and notebook
+  metadata that a run may have left (papermill's, widget state);
+* refuses to write a release if any line of a reference answer would survive anywhere
+  in it (the check is :func:`leaked_answer_lines`, which the tests run as well).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+
+from . import questions as Q
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+MIN_LEAK_CHARS = 12  # answer lines shorter than this ("# (a)", "# Yes.") are too generic to count as a leak
+KEEP_METADATA = ("kernelspec", "language_info")
+
+
+class ReleaseError(RuntimeError):
+    """The student edition could not be written safely."""
+
+
+def strip_answer(source: str) -> str:
+    """An answer cell's source with the reference answer replaced by the placeholder."""
+    lines = source.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == Q.BEGIN_SOLUTION)
+        end = next(i for i, line in enumerate(lines) if line.strip() == Q.END_SOLUTION and i > start)
+    except StopIteration:
+        # no markers: the whole cell is the answer
+        return "\n".join([Q.BEGIN_SOLUTION, Q.STUDENT_PLACEHOLDER, Q.END_SOLUTION])
+    return "\n".join(lines[: start + 1] + [Q.STUDENT_PLACEHOLDER] + lines[end:])
+
+
+def student_notebook(nb):
+    """A copy of notebook ``nb`` as students get it."""
+    nb = copy.deepcopy(nb)
+    answer_cells = {q.answer_index for q in Q.find_questions(nb) if q.answer_index is not None}
+    for i, cell in enumerate(nb.cells):
+        cell.pop("attachments", None)
+        if cell.cell_type != "code":
+            continue
+        cell.outputs = []
+        cell.execution_count = None
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        is_answer = i in answer_cells or Q.ANSWER_TAG in cell.metadata.get("tags", []) or \
+            cell.metadata.get("nbgrader", {}).get("solution")
+        if is_answer:
+            cell.source = strip_answer(cell.source)
+    nb.metadata = nbformat.from_dict({k: v for k, v in nb.metadata.items() if k in KEEP_METADATA})
+    return nb
+
+
+def reference_answer_lines(notebooks: list[Path]) -> list[str]:
+    """Every distinctive line of every reference answer (comment marks and spaces stripped).
+
+    A line that also appears outside the answer cells (in a question, a heading, a printed
+    label) is public text, not a secret, and is left out.
+    """
+    lines, public = [], []
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        found = Q.find_questions(nb)
+        answers = {q.answer_index for q in found}
+        public.extend(c.source for i, c in enumerate(nb.cells) if i not in answers)
+        for q in found:
+            for line in (q.answer or "").splitlines():
+                text = line.strip().lstrip("#").strip()
+                if len(text) >= MIN_LEAK_CHARS:
+                    lines.append(text)
+    public_text = "\n".join(public)
+    return [line for line in dict.fromkeys(lines) if line not in public_text]
+
+
+def leaked_answer_lines(release_dir: str | Path, notebooks: list[Path] | None = None) -> list[tuple[str, str]]:
+    """``(file, line)`` for every reference-answer line found in any file of ``release_dir``.
+
+    Notebook files are searched both as raw JSON and as their decoded cell sources, so an
+    answer cannot hide behind JSON escaping.
+    """
+    notebooks = notebooks if notebooks is not None else course_notebooks()
+    needles = reference_answer_lines(notebooks)
+    found = []
+    for path in sorted(Path(release_dir).rglob("*")):
+        if not path.is_file():
+            continue
+        raw = path.read_bytes().decode("utf-8", errors="replace")
+        haystacks = [raw]
+        if path.suffix == ".ipynb":
+            try:
+                nb = nbformat.reads(raw, as_version=4)
+                haystacks.append("\n".join(c.source for c in nb.cells))
+                haystacks.append(json.dumps(nb.metadata))
+            except Exception:  # a broken notebook is still searched as text
+                pass
+        for needle in needles:
+            if any(needle in h for h in haystacks):
+                found.append((str(path.relative_to(release_dir)), needle))
+    return found
+
+
+def course_notebooks(directory: Path = NOTEBOOKS) -> list[Path]:
+    found = sorted(Path(directory).glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise ReleaseError(f"no course notebooks (NN_*.ipynb) in {directory}")
+    return found
+
+
+README = """# Stable Diffusion course: student edition
+
+Open these notebooks in JupyterLab with the kit's kernel (`./kit lab` in the kit).
+Answer every question **Qn.m** in the code cell right below it, as comment lines
+between `### BEGIN SOLUTION` and `### END SOLUTION` (replace `# YOUR ANSWER HERE`).
+Keep the question and answer cells where they are: the grader finds your answers by them.
+Derivations that need more room go in a separate PDF.
+"""
+
+
+def write_release(out: str | Path, notebooks_dir: str | Path = NOTEBOOKS, overwrite: bool = False) -> list[Path]:
+    """Write the student edition of every course notebook into ``out``; returns the files written."""
+    out = Path(out)
+    sources = course_notebooks(Path(notebooks_dir))
+    if out.resolve() == Path(notebooks_dir).resolve():
+        raise ReleaseError("the release must not be written over the course notebooks; choose another --out")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ReleaseError(f"{out} is not empty; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for path in sources:
+        nbformat.write(student_notebook(nbformat.read(path, as_version=4)), staging / path.name)
+    (staging / "README.md").write_text(README)
+    leaks = leaked_answer_lines(staging, sources)
+    if leaks:
+        shutil.rmtree(staging)
+        where = "; ".join(f"{f}: {line[:60]!r}" for f, line in leaks[:5])
+        raise ReleaseError(f"{len(leaks)} reference-answer line(s) would leak into the release ({where}); "
+                           "nothing was written")
+    if out.exists():
+        out.rmdir()
+    staging.rename(out)
+    return sorted(out.iterdir())

@@ -1,0 +1,153 @@
+"""The answers PDF: built from an executed notebook, read back with pdftotext, its pages rendered.
+
+Checks that questions, answers, Greek letters (in text and in math), figures and the
+derivations survive xelatex, that widgets and progress bars leave no junk, and that every
+code reference of the derivations points at a function that exists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from coursekit import export
+from coursekit import questions as Q
+
+ROOT = Path(__file__).resolve().parents[1]
+NB01 = ROOT / "notebooks" / "01_forward_diffusion.ipynb"
+
+
+# ---------------------------------------------------------------------------- fast checks
+def test_every_code_reference_of_the_derivations_exists():
+    text = export.DERIVATIONS.read_text()
+    refs = export.CODE_REF.findall(text)
+    assert len(refs) >= 15
+    for file, name in refs:
+        assert export.code_line(file, name) > 0
+    resolved = export.resolve_code_refs(text)
+    assert "[code:" not in resolved
+    assert "`diffusion_lib/schedules.py`, line" in resolved
+
+
+def test_a_wrong_code_reference_is_an_error():
+    with pytest.raises(export.ExportError, match="not defined"):
+        export.code_line("diffusion_lib/schedules.py", "NoiseSchedule.no_such_method")
+    with pytest.raises(export.ExportError, match="does not exist"):
+        export.code_line("diffusion_lib/nowhere.py", "f")
+
+
+@pytest.mark.parametrize("topic", [
+    r"q\(x_t \\mid x_0\)", r"q\(x_\{t-1\} \\mid x_t, x_0\)", "ELBO", r"L_\{\\text\{simple\}\}", "velocity",
+    "DDIM", r"\\eta", "Bayes", "zero terminal SNR", "scale factor", "Frechet"])
+def test_the_derivations_cover(topic):
+    assert re.search(topic, export.DERIVATIONS.read_text()), topic
+
+
+def test_long_answers_are_reflowed_but_tables_kept():
+    long = "# " + " ".join(["word"] * 60)
+    table = "# a   | b\n# 1.0 | 2.0"
+    out = export.reflow_comments(long + "\n#\n" + table)
+    assert all(len(line) <= export.WRAP for line in out.splitlines())
+    assert out.splitlines()[-2:] == table.splitlines()
+    assert all(line.startswith("#") for line in out.splitlines())
+    items = export.reflow_comments("# (a) " + "x " * 50 + "\n# (b) short")
+    assert items.splitlines()[-1] == "# (b) short"
+
+
+def test_live_only_outputs_are_dropped():
+    widget = {"output_type": "display_data", "data": {export.WIDGET_MIME: {}, "text/plain": "interactive(...)"}}
+    bar = {"output_type": "stream", "name": "stderr", "text": "50%|#####     | 5/10 [00:01<00:01, 4.2it/s]"}
+    figure_repr = {"output_type": "execute_result", "data": {"text/plain": "<Figure size 640x480 with 1 Axes>"}}
+    listing = {"output_type": "display_data", "data": {"text/markdown": "`x`\n\n```python\ndef f(): pass\n```"}}
+    for output in (widget, bar, figure_repr, listing):
+        assert export.clean_output(output) is None
+    printed = {"output_type": "stream", "name": "stdout", "text": "\x1b[31mloss 0.12\x1b[0m\rloss 0.11\n"}
+    assert export.clean_output(printed)["text"] == "loss 0.11"
+    png = {"output_type": "display_data", "data": {"image/png": "iVBOR", "text/plain": "<Figure>", "text/html": "x"}}
+    assert set(export.clean_output(png)["data"]) == {"image/png", "text/plain"}
+
+
+def test_no_executed_notebooks_is_a_clear_error(tmp_path):
+    with pytest.raises(export.ExportError, match="kit course"):
+        export.executed_notebooks(tmp_path)
+
+
+# ------------------------------------------------------------------------ the real PDF
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} not found: ./kit setup installs it (Debian: poppler-utils, texlive-xetex)"
+    return path
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Notebook 01 executed in quick mode, with a Greek letter typed into one answer."""
+    import papermill
+
+    folder = tmp_path_factory.mktemp("executed")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        papermill.execute_notebook(str(NB01), str(folder / NB01.name), parameters={"quick": True, "device": "cpu"},
+                                   kernel_name="python3", cwd=str(folder), progress_bar=False)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    nb = nbformat.read(folder / NB01.name, as_version=4)
+    first = Q.find_questions(nb)[0]
+    cell = nb.cells[first.answer_index]
+    cell.source = cell.source.replace(Q.BEGIN_SOLUTION, Q.BEGIN_SOLUTION + "\n# Greek check: β_t and ᾱ_t, ε ~ N(0, I)")
+    nbformat.write(nb, folder / NB01.name)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_the_answers_pdf_holds_questions_answers_figures_and_derivations(executed, tmp_path):
+    pdf = export.export_answers(executed, tmp_path / "answers.pdf")
+    text = subprocess.run([_tool("pdftotext"), str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    nb = nbformat.read(executed / NB01.name, as_version=4)
+    found = Q.find_questions(nb)
+    for q in found:
+        assert q.label in text, q.label
+        first_words = " ".join(q.answer.strip().lstrip("#").split()[:4])
+        assert first_words in " ".join(text.split()), (q.label, first_words)
+    # Greek typed as Unicode in an answer survives only with the DejaVu fonts
+    assert "β_t and ᾱ_t, ε" in text
+    # math: \bar\alpha_t and friends come out as math glyphs
+    assert re.search("[\U0001d6fc\U0001d6fd\U0001d6c2\U0001d716\u03b1\u03b2]", text)
+    # the derivations follow, with resolved code references
+    assert "Derivations" in text and "The posterior" in text and "diffusion_lib/schedules.py" in text
+    assert "[code:" not in text
+    # no junk from widgets or progress bars
+    for junk in ("interactive(children", "IntSlider", "it/s]", "Widget", "\x1b["):
+        assert junk not in text, junk
+    # figures: the notebook's PNGs are in the PDF
+    images = subprocess.run([_tool("pdfimages"), "-list", str(pdf)], capture_output=True, text=True,
+                            check=True).stdout.splitlines()[2:]
+    figures_in_notebook = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
+                              for o in c.get("outputs", []))
+    assert len(images) >= min(figures_in_notebook, 5) > 0
+    # and the pages render
+    subprocess.run([_tool("pdftoppm"), "-png", "-r", "30", "-f", "1", "-l", "2", str(pdf), str(tmp_path / "page")],
+                   check=True)
+    assert len(list(tmp_path.glob("page-*.png"))) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_export_command_line(executed, tmp_path):
+    out = tmp_path / "a.pdf"
+    from coursekit.__main__ import main
+
+    assert main(["export", "--notebooks", str(executed), "--out", str(out), "--no-derivations"]) == 0
+    text = subprocess.run([_tool("pdftotext"), str(out), "-"], capture_output=True, text=True, check=True).stdout
+    assert "Q1.1" in text and "Derivations" not in text
+    assert main(["export", "--notebooks", str(tmp_path / "none"), "--out", str(out)]) == 1

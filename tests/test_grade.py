@@ -1,0 +1,209 @@
+"""Batch grading with deliberately bad submissions: each must be reported, none may stop or spoil the batch.
+
+The reference course here is one tiny notebook (no torch: the memory limit can then be small)
+with two questions; the students are
+
+* ``good``       answers Q9.1, leaves Q9.2 unanswered, writes its numbers;
+* ``raises``     a cell raises;
+* ``hangs``      a cell sleeps for an hour;
+* ``hog``        a cell allocates memory until it fails;
+* ``escape``     tries to read the reference answers and to write outside its folder
+                 (the kit, another student's submission, the grading output);
+* ``renamed``    renamed question Q9.1 and deleted question Q9.2 with its answer cell;
+* ``absent``     submitted no notebook;
+* ``garbled``    submitted a file that is not a notebook.
+
+A second test grades the real notebook 01 (student edition with one answer) and exports its PDF.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from coursekit import grade as G
+from coursekit import questions as Q
+from coursekit import release, sandbox
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "the reference answer to nine point one is forty-two"
+NAME = "09_tiny.ipynb"
+
+pytestmark = [pytest.mark.slow, pytest.mark.notebook]
+
+
+def tiny_notebook(body: str = "", answer1: str = f"# {SECRET}", answer2: str = "# a second reference answer here",
+                  rename: bool = False, drop_q2: bool = False):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('quick: bool = False\ndevice: str = "auto"\nseed: int = 0\nresults_dir: str = "."')
+    params.metadata["tags"] = ["parameters"]
+    label1 = "**Question one**" if rename else "**Q9.1**"
+    cells = [nbformat.v4.new_markdown_cell("# 09 - a tiny notebook"), params,
+             nbformat.v4.new_code_cell(body or "x = 1"),
+             nbformat.v4.new_code_cell(
+                 "import json\nvalues = {'quick': quick, 'device': device, 'answer': 42.0}\n"
+                 "json.dump({'notebook': '09', 'values': {**values, **globals().get('extra', {})}}, "
+                 "open(f'{results_dir}/results_09.json', 'w'))"),
+             nbformat.v4.new_markdown_cell(f"{Q.BEGIN_QUESTION}\n{label1} Why?\n{Q.END_QUESTION}")]
+    a1 = nbformat.v4.new_code_cell(f"{Q.BEGIN_SOLUTION}\n{answer1}\n{Q.END_SOLUTION}")
+    a1.metadata.update(Q.answer_metadata("q9_1"))
+    cells.append(a1)
+    if not drop_q2:
+        cells.append(nbformat.v4.new_markdown_cell(f"{Q.BEGIN_QUESTION}\n**Q9.2** Why not?\n{Q.END_QUESTION}"))
+        a2 = nbformat.v4.new_code_cell(f"{Q.BEGIN_SOLUTION}\n{answer2}\n{Q.END_SOLUTION}")
+        a2.metadata.update(Q.answer_metadata("q9_2"))
+        cells.append(a2)
+    nb.cells = cells
+    return nb
+
+
+ESCAPE = r'''
+import os, pathlib
+extra = {}
+def attempt(name, fn):
+    try:
+        fn()
+        extra[name] = True
+    except Exception as err:
+        extra[name] = False
+targets = {TARGETS}
+for key, path in targets["read"].items():
+    attempt("read_" + key, lambda p=path: SECRET_CHECK(pathlib.Path(p).read_text()))
+for key, path in targets["write"].items():
+    attempt("wrote_" + key, lambda p=path: pathlib.Path(p).write_text("pwned"))
+'''
+
+
+def secret_check(text):
+    if "forty-two" not in text:
+        raise ValueError("no secret here")
+
+
+@pytest.fixture
+def course(tmp_path):
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    nbformat.write(tiny_notebook(), reference / NAME)
+    subs = tmp_path / "submissions"
+    out = tmp_path / "grading"
+    return reference, subs, out
+
+
+def student(subs: Path, name: str, nb=None, raw: str | None = None) -> Path:
+    folder = subs / name
+    folder.mkdir(parents=True)
+    if raw is not None:
+        (folder / NAME).write_text(raw)
+    elif nb is not None:
+        nbformat.write(nb, folder / NAME)
+    else:
+        (folder / "README.txt").write_text("I forgot my notebook")
+    return folder
+
+
+def test_bad_submissions_are_reported_and_contained(course):
+    reference, subs, out = course
+    student(subs, "good", tiny_notebook(answer1="# my own answer", answer2=Q.STUDENT_PLACEHOLDER))
+    student(subs, "raises", tiny_notebook(body="raise RuntimeError('boom in cell two')"))
+    student(subs, "hangs", tiny_notebook(body="import time\ntime.sleep(3600)"))
+    student(subs, "hog", tiny_notebook(body="blocks = []\nwhile True:\n    blocks.append(bytearray(2**27))"))
+    good_results_before = None
+    targets = {
+        "read": {"course_notebook": str(ROOT / "notebooks" / "01_forward_diffusion.ipynb"),
+                 "reference": str(reference / NAME)},
+        "write": {"kit": str(ROOT / "checkpoints" / "pwned.txt"),
+                  "other_student": str(subs / "good" / NAME),
+                  "grading_output": str(out / "good" / "results_09.json"),
+                  "outside_tmp": str(subs.parent / "pwned.txt")},
+    }
+    code = ESCAPE.replace("{TARGETS}", repr(targets)).replace("SECRET_CHECK", "(lambda t: None if 'forty-two' in t "
+                                                                             "or 'BEGIN SOLUTION' in t else 1/0)")
+    student(subs, "escape", tiny_notebook(body=code))
+    student(subs, "renamed", tiny_notebook(rename=True, drop_q2=True))
+    student(subs, "absent")
+    student(subs, "garbled", raw="{ this is not json")
+    good_nb_before = (subs / "good" / NAME).read_bytes()
+
+    results, box = G.grade(subs, out, reference_dir=reference, jobs=2, timeout_s=20, memory_gb=1.5, pdf=False,
+                           progress=False)
+    by = {r.student: r for r in results}
+    assert set(by) == {"good", "raises", "hangs", "hog", "escape", "renamed", "absent", "garbled"}
+
+    assert by["good"].status == "ok", by["good"]
+    assert (by["good"].answered, by["good"].questions) == (1, 2)
+    assert by["good"].values["answer"] == 42.0 and by["good"].values["quick"] is True
+
+    assert by["raises"].status == "failed" and by["raises"].error_cell == 2
+    assert "boom in cell two" in by["raises"].error
+
+    assert by["hangs"].status == "timeout" and by["hangs"].wall_s < 120
+
+    assert by["hog"].status == "failed" and "MemoryError" in by["hog"].error, by["hog"]
+
+    assert by["renamed"].status == "ok"
+    assert by["renamed"].missing_questions == ["Q9.2"] and by["renamed"].altered_questions == ["Q9.1"]
+    assert by["absent"].status == "missing" and by["absent"].missing_questions == ["Q9.1", "Q9.2"]
+    assert by["garbled"].status == "unreadable"
+
+    # the escape attempts: nothing read, nothing written, nobody else's results changed
+    esc = by["escape"]
+    assert esc.status == "ok", esc
+    if box.isolated:
+        assert not esc.values["read_course_notebook"] and not esc.values["read_reference"]
+        for key in targets["write"]:
+            assert esc.values[f"wrote_{key}"] is False, key
+        assert not (ROOT / "checkpoints" / "pwned.txt").exists()
+        assert not (subs.parent / "pwned.txt").exists()
+        assert (subs / "good" / NAME).read_bytes() == good_nb_before
+        assert json.loads((out / "good" / "results_09.json").read_text())["values"]["answer"] == 42.0
+    assert good_results_before is None
+
+    # the report: first line says whether a sandbox ran; one CSV row per student and notebook
+    assert (out / "report.txt").read_text().splitlines()[0] == box.description
+    assert box.description in (out / "summary.html").read_text()
+    rows = list(csv.DictReader((out / "grades.csv").open()))
+    assert len(rows) == 8 and {r["student"] for r in rows} == set(by)
+    assert next(r for r in rows if r["student"] == "raises")["error_cell"] == "2"
+
+
+def test_sandbox_is_available_here():
+    """This kit's CI installs bubblewrap; on a machine without it the grader still runs, but says so."""
+    box = sandbox.probe()
+    assert box.isolated, box.description
+
+
+def test_real_notebook_is_graded_and_exported(tmp_path):
+    subs = tmp_path / "submissions"
+    edition = tmp_path / "edition"
+    release.write_release(edition)
+    folder = subs / "ada"
+    folder.mkdir(parents=True)
+    nb = nbformat.read(edition / "01_forward_diffusion.ipynb", as_version=4)
+    first = Q.find_questions(nb)[0]
+    nb.cells[first.answer_index].source = f"{Q.BEGIN_SOLUTION}\n# Ada's answer: variance preserving, beta.\n{Q.END_SOLUTION}"
+    nbformat.write(nb, folder / "01_forward_diffusion.ipynb")
+    out = tmp_path / "grading"
+    results, box = G.grade(subs, out, notebooks=["01_forward_diffusion.ipynb"], jobs=1, timeout_s=600, pdf=True,
+                           progress=False)
+    (res,) = results
+    assert res.status == "ok", res
+    assert res.answered == 1 and res.questions == len(Q.find_questions(nb))
+    assert res.values, "notebook 01 writes its numbers to results_01.json"
+    pdf = out / "ada" / "answers.pdf"
+    assert pdf.is_file(), (out / "report.txt").read_text()
+    text = _pdftotext(pdf)
+    assert "Ada's answer" in text and "Q1.1" in text
+    assert "(not answered)" in text
+
+
+def _pdftotext(pdf: Path) -> str:
+    import subprocess
+
+    assert shutil.which("pdftotext"), "pdftotext missing (Debian: poppler-utils)"
+    return subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
