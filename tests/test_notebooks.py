@@ -93,6 +93,16 @@ def test_parameters_cell_comes_first_then_validation(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_sees_every_parameter(path):
+    """papermill's parser skips a line with two '=' (a '<=' in a comment hides the parameter from graders)."""
+    import papermill
+
+    declared = set(papermill.inspect_notebook(str(path)))
+    assigned = {node.target.id for node in ast.parse(code_cells(read(path))[0].source).body}
+    assert declared == assigned, f"{path.name}: papermill does not see {sorted(assigned - declared)}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_questions_follow_the_format(path):
     nb = read(path)
     assert questions.problems(nb, notebook_number(path)) == []
