@@ -69,6 +69,29 @@ def _wrap(text: str, width: int = WRAP, prefix: str = "") -> str:
     return "\n".join(out)
 
 
+LONG_TOKEN = re.compile(r"[\w.\-/]{14,}")
+
+
+def breakable_tables(markdown: str) -> str:
+    """Let LaTeX break long names ("down_blocks.2.1.attn1") in table cells after "." and "_" and in CamelCase.
+
+    LaTeX never breaks inside a word, so in a table that fills the page one long layer name
+    would run over its neighbours; ``\\allowbreak`` is invisible and only offers a break.
+    """
+    def soften(match: re.Match) -> str:
+        token = re.sub(r"([._/])", r"\1\\allowbreak{}", match.group(0))
+        return re.sub(r"(?<=[a-z])(?=[A-Z])", r"\\allowbreak{}", token)  # SpatialTransformer
+
+    lines = []
+    for line in markdown.splitlines():
+        is_row = line.lstrip().startswith("|") and not set(line.strip()) <= set("|-: ")
+        if is_row:  # not inside `code spans`, where LaTeX commands would print literally
+            parts = line.split("`")
+            line = "`".join(LONG_TOKEN.sub(soften, p) if i % 2 == 0 else p for i, p in enumerate(parts))
+        lines.append(line)
+    return "\n".join(lines)
+
+
 NEW_ITEM = re.compile(r"^\s*(\(?[a-z0-9]{1,2}[.)]|[-*+]|Q\d|\|)\s")
 
 
@@ -126,8 +149,10 @@ def clean_output(output: dict) -> dict | None:
     if WIDGET_MIME in data:
         return None
     data.pop("text/html", None)  # LaTeX cannot use it; tables come as text/markdown too
-    if "text/markdown" in data and "```python" in _text(data["text/markdown"]):
-        return None  # a source listing (coursekit.show.source): the code is in diffusion_lib
+    if "text/markdown" in data:
+        if "```python" in _text(data["text/markdown"]):
+            return None  # a source listing (coursekit.show.source): the code is in diffusion_lib
+        data["text/markdown"] = breakable_tables(_text(data["text/markdown"]))
     if set(data) <= {"text/plain"}:
         plain = ANSI.sub("", _text(data.get("text/plain", ""))).strip()
         if not plain or FIGURE_REPR.match(plain):

@@ -42,12 +42,17 @@ def table_markdown(rows: Sequence[Sequence[Any]], headers: Sequence[str], digits
     def escape(text: str) -> str:
         return text.replace("|", "\\|")
 
-    lines = ["| " + " | ".join(map(escape, headers)) + " |", "|" + "---|" * len(headers)]
+    body = []
     for row in rows:
         if len(row) != len(headers):
             raise ValueError(f"a row has {len(row)} cells but there are {len(headers)} headers: {row!r}")
-        cells = (escape(_cell(v.item() if hasattr(v, "item") else v, digits)) for v in row)
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append([escape(_cell(v.item() if hasattr(v, "item") else v, digits)) for v in row])
+    head = [escape(h) for h in headers]
+    # pandoc (the PDF export) sizes a wide table's columns by the dashes under each header:
+    # as many as the column's longest entry, so long names wrap instead of running over
+    widths = [max([3, len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(head)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("-" * w for w in widths) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
     return "\n".join(lines)
 
 

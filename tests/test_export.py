@@ -151,3 +151,11 @@ def test_export_command_line(executed, tmp_path):
     text = subprocess.run([_tool("pdftotext"), str(out), "-"], capture_output=True, text=True, check=True).stdout
     assert "Q1.1" in text and "Derivations" not in text
     assert main(["export", "--notebooks", str(tmp_path / "none"), "--out", str(out)]) == 1
+
+
+def test_long_names_in_tables_may_break_but_code_spans_stay_literal():
+    md = "| layer | file |\n|---|---|\n| down_blocks.2.1.attn1 SpatialTransformer | `results_01.json` |\nnot_a_table.line_here"
+    out = export.breakable_tables(md).splitlines()
+    assert out[2].startswith(r"| down_\allowbreak{}blocks.\allowbreak{}2.") and r"Spatial\allowbreak{}Transformer" in out[2]
+    assert "`results_01.json`" in out[2]
+    assert out[0] == "| layer | file |" and out[1] == "|---|---|" and out[3] == "not_a_table.line_here"
