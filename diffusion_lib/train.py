@@ -578,6 +578,13 @@ class Trainer:
     # ----------------------------------------------------------------------- setting up
     def _saved_run(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         state_file = self.out_dir / f"{STATE}.safetensors"
+        parts = sorted(self.out_dir.glob(f"{STATE}.safetensors.part*"))
+        if not state_file.is_file() and parts:
+            # a run folder moved in pieces (files of at most 16 MB): the parts must be joined first
+            raise TrainingError(
+                f"{state_file} is stored in {len(parts)} parts; join them first: "
+                f"cat {' '.join(str(p) for p in parts)} > {state_file}"
+            )
         if not state_file.is_file():
             raise TrainingError(
                 f"nothing to resume: {state_file} does not exist (no epoch of a run in {self.out_dir} has "

@@ -287,6 +287,17 @@ def test_resume_refuses_what_cannot_work(one_epoch, vae_dir, tmp_path):
         train(tiny(broken, vae_dir, resume=True))
     # a run that is already long enough: nothing to do, the history comes back
     assert [h["epoch"] for h in train(tiny(one_epoch, one_epoch, epochs=1, resume=True))] == [1]
+    # a run folder carried in pieces (train_state split into files of at most 16 MB): join, then resume
+    pieces = copy_run(one_epoch, tmp_path / "pieces")
+    state = (pieces / "train_state.safetensors").read_bytes()
+    (pieces / "train_state.safetensors.part0").write_bytes(state[: len(state) // 2])
+    (pieces / "train_state.safetensors.part1").write_bytes(state[len(state) // 2 :])
+    (pieces / "train_state.safetensors").unlink()
+    with pytest.raises(TrainingError, match=r"2 parts; join them first: cat .*part0 .*part1 > .*train_state"):
+        train(tiny(pieces, vae_dir, epochs=2, resume=True))
+    (pieces / "train_state.safetensors").write_bytes(b"".join(
+        (pieces / f"train_state.safetensors.part{i}").read_bytes() for i in range(2)))
+    assert [h["epoch"] for h in train(tiny(pieces, pieces, epochs=1, resume=True))] == [1]
 
 
 # ------------------------------------------------------------------------------- torchrun
