@@ -160,8 +160,7 @@ def clean_output(output: dict) -> dict | None:
         data["text/plain"] = _wrap(plain)
     if not data:
         return None
-    keep = {"output_type": "display_data", "data": data, "metadata": output.get("metadata", {})}
-    return keep
+    return {"output_type": "display_data", "data": data, "metadata": output.get("metadata", {})}
 
 
 def shown_outputs(cell: dict) -> list[dict]:
@@ -179,6 +178,10 @@ def notebook_title(nb: Any, fallback: str) -> str:
                 if line.startswith("# "):
                     return line[2:].strip()
     return fallback
+
+
+def is_answer_cell(cell: dict) -> bool:
+    return Q.ANSWER_TAG in cell.get("metadata", {}).get("tags", [])
 
 
 def _strip_question_markers(text: str) -> str:
@@ -241,7 +244,7 @@ def notebook_section(path: Path) -> list:
         start = _section_start(cells, q.question_index)
         context = []
         for i in range(start, q.question_index):
-            if i in shown or Q.is_question_cell(cells[i]) or ANSWER_TAG_IN(cells[i]):
+            if i in shown or Q.is_question_cell(cells[i]) or is_answer_cell(cells[i]):
                 continue
             outputs = shown_outputs(cells[i])
             if outputs:
@@ -263,10 +266,6 @@ def notebook_section(path: Path) -> list:
         out.append(cell)
     out.extend(_results_cells(path, number))
     return out
-
-
-def ANSWER_TAG_IN(cell: dict) -> bool:  # noqa: N802 - reads as a predicate next to is_question_cell
-    return Q.ANSWER_TAG in cell.get("metadata", {}).get("tags", [])
 
 
 # --------------------------------------------------------------------- derivations
