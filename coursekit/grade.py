@@ -341,11 +341,11 @@ def write_html(results: list[NotebookResult], sandbox: sb.Sandbox, path: Path, p
             f"<tr style='background:{colour.get(r.status, '#fff')}'><td>{e(r.student)}</td><td>{e(r.notebook)}</td>"
             f"<td>{e(r.status)}</td><td>{e(where + r.error)}</td><td>{r.answered}/{r.questions}</td>"
             f"<td>{e(problems)}</td><td>{e(values)}</td><td>{r.wall_s}</td></tr>")
+    names = sorted({r.student for r in results})
+    exported = {name for name, err in pdf_errors.items() if not err}  # a PDF was written for them
     students_html = "".join(
-        f"<li>{e(line)}" + (f" (<a href='{e(name)}/answers.pdf'>answers.pdf</a>)" if not pdf_errors.get(name, "x")
-                            else "") + "</li>"
-        for name, line in ((n, l) for n, l in zip(sorted({r.student for r in results}),
-                                                  summary_lines(results, pdf_errors).splitlines())))
+        f"<li>{e(line)}" + (f" (<a href='{e(name)}/answers.pdf'>answers.pdf</a>)" if name in exported else "")
+        + "</li>" for name, line in zip(names, summary_lines(results, pdf_errors).splitlines()))
     warning = "" if sandbox.isolated else " style='color:#b00000;font-weight:bold'"
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Grading summary</title>
@@ -355,7 +355,7 @@ table{{border-collapse:collapse}}</style></head><body>
 <h1>Grading summary</h1>
 <p>{len({r.student for r in results})} students, {len(results)} notebook runs, {seconds:.0f} s in all.</p>
 <ul>{students_html}</ul>
-<table><tr><th>student</th><th>notebook</th><th>status</th><th>error</th><th>answered</th><th>questions</th>
+<table><tr><th>student</th><th>notebook</th><th>status</th><th>error</th><th>answered</th><th>missing / renamed</th>
 <th>numbers written</th><th>wall s</th></tr>
 {''.join(rows)}
 </table></body></html>
