@@ -15,4 +15,9 @@ Modules, one job each:
 coursekit imports ``diffusion_lib``; ``diffusion_lib`` never imports coursekit.
 """
 
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+# the kit's checkout: notebooks/, checkpoints/, answers/ (the tools find the course from here)
+REPO = Path(__file__).resolve().parent.parent

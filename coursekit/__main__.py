@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from . import REPO
+
 
 
 def _course(args) -> int:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from diffusion_lib.checkpoint import atomic_write_text
 
-REPO = Path(__file__).resolve().parent.parent
+from . import REPO
+
 
 
 def run_notebooks(out: Path, checkpoint: Path, device: str) -> list[dict]:

@@ -33,8 +33,8 @@ from typing import Any, Iterable
 import nbformat
 
 from . import questions as Q
+from . import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 TEMPLATE_DIR = REPO / "answers" / "templates"
 TEMPLATE_NAME = "coursekit"
 DERIVATIONS = REPO / "answers" / "derivations.md"
@@ -191,13 +191,8 @@ def _strip_question_markers(text: str) -> str:
 def _answer_source(cell: dict | None) -> str:
     if cell is None:
         return "# (no answer cell)"
-    src = _text(cell.get("source", ""))
-    body = Q.solution_text(src)
-    text = body if body is not None else src
-    text = "\n".join(line.rstrip() for line in text.splitlines()).strip("\n")
-    if not text.strip() or text.strip() == Q.STUDENT_PLACEHOLDER:
-        return "# (not answered)"
-    return reflow_comments(text)
+    text = Q.written_answer(_text(cell.get("source", "")))
+    return reflow_comments(text) if text else "# (not answered)"
 
 
 def _section_start(cells: list, index: int) -> int:

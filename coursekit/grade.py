@@ -40,8 +40,8 @@ import nbformat
 
 from . import questions as Q
 from . import sandbox as sb
+from . import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 QUICK = {"quick": True, "device": "cpu"}
 
 
@@ -72,14 +72,6 @@ class NotebookResult:
 
 
 # ------------------------------------------------------------------------ the questions
-def _answer_text(source: str) -> str:
-    body = Q.solution_text(source)
-    text = source if body is None else body
-    lines = [line for line in text.splitlines() if line.strip() and line.strip() != Q.STUDENT_PLACEHOLDER
-             and line.strip() not in (Q.BEGIN_SOLUTION, Q.END_SOLUTION)]
-    return "\n".join(lines)
-
-
 def check_questions(student_nb: Any, reference_nb: Any) -> QuestionCheck:
     """Compare a student's notebook with the reference: which questions are there and answered.
 
@@ -109,7 +101,7 @@ def check_questions(student_nb: Any, reference_nb: Any) -> QuestionCheck:
             check.altered.append(ref.label)  # the question cell was renamed or deleted
         source = cells[index].get("source", "")
         source = "".join(source) if isinstance(source, list) else source
-        (check.answered if _answer_text(source) else check.unanswered).append(ref.label)
+        (check.answered if Q.written_answer(source) else check.unanswered).append(ref.label)
     return check
 
 

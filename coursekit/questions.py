@@ -75,6 +75,16 @@ def solution_text(source: str) -> str | None:
     return "\n".join(lines[start + 1 : end])
 
 
+def written_answer(source: str) -> str:
+    """What a student wrote in an answer cell: the lines between the solution markers (the whole
+    cell if the markers were deleted), without the placeholder; "" when nothing was written."""
+    body = solution_text(source)
+    text = source if body is None else body
+    lines = [line.rstrip() for line in text.splitlines()
+             if line.strip() not in (STUDENT_PLACEHOLDER, BEGIN_SOLUTION, END_SOLUTION)]
+    return "\n".join(lines).strip("\n") if any(line.strip() for line in lines) else ""
+
+
 def is_question_cell(cell: Any) -> bool:
     return cell.get("cell_type") == "markdown" and BEGIN_QUESTION in _source(cell)
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import nbformat
 
 from . import questions as Q
+from . import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 MIN_LEAK_CHARS = 12  # answer lines shorter than this ("# (a)", "# Yes.") are too generic to count as a leak
 KEEP_METADATA = ("kernelspec", "language_info")

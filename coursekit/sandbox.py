@@ -30,7 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from . import REPO
+
 # what student code may read of the kit (read-only); everything else of the repository is hidden
 VISIBLE_IN_REPO = ("diffusion_lib", "coursekit", "checkpoints", "answers/templates", "pyproject.toml")
 

@@ -364,3 +364,11 @@ def test_table_markdown_formats_numbers():
     assert show.table_markdown([["a|b"]], ["||x||"]).splitlines()[::2] == ["| \\|\\|x\\|\\| |", "| a\\|b |"]
     with pytest.raises(ValueError, match="2 cells but there are 1 headers"):
         show.table_markdown([[1, 2]], ["a"])
+
+
+def test_written_answer_is_what_the_student_wrote():
+    cell = f"{questions.BEGIN_SOLUTION}\n{questions.STUDENT_PLACEHOLDER}\n{questions.END_SOLUTION}"
+    assert questions.written_answer(cell) == ""
+    assert questions.written_answer(cell.replace(questions.STUDENT_PLACEHOLDER, "# beta  \n\n# gamma")) == "# beta\n\n# gamma"
+    assert questions.written_answer("# markers deleted, answer kept") == "# markers deleted, answer kept"
+    assert questions.written_answer("   \n") == ""
