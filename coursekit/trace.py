@@ -14,6 +14,9 @@ That counter sees the operators torch dispatches; a fused kernel it has no
 formula for (on the CPU: ``F.scaled_dot_product_attention``) counts as 0, so run
 ``trace`` inside ``diffusion_lib.attention.record_attention(model, "all")``,
 which computes attention with explicit matrix products, to count attention too.
+FLOPs are counted with ``diffusion_lib.layers.reference_kernels()``: the count is
+the architecture's (every 3x3 convolution as a convolution), not that of the CPU
+shortcuts for tiny maps.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from diffusion_lib.layers import reference_kernels
 
 Selector = Callable[[str, nn.Module], bool]
 
@@ -120,7 +125,7 @@ def trace(model: nn.Module, *args: Any, select: Selector = children_only, count_
         handles.append(module.register_forward_hook(hook_for(name, module), with_kwargs=True))
     try:
         if count_flops:
-            with FlopCounterMode(display=False) as counter:
+            with reference_kernels(), FlopCounterMode(display=False) as counter:
                 model(*args, **kwargs)
             counts = counter.get_flop_counts()
             # the counter names a module "<root class>.<name>" and sums all calls of it

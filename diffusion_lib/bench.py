@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .autoencoder import AutoencoderConfig, AutoencoderKL, vae_loss
 from .denoiser import Denoiser, default_denoiser_config
 from .guidance import classifier_free_guidance
+from .layers import reference_kernels
 from .samplers import sample
 from .schedules import NoiseSchedule
 
@@ -62,8 +63,9 @@ def median_time(step, iters: int, warmup: int, device: torch.device) -> float:
 
 
 def gflop_per_sample(fn, batch: int) -> float:
-    """GFLOP of one forward pass per sample, counted by ``torch.utils.flop_counter``."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    """GFLOP of one forward pass per sample, counted by ``torch.utils.flop_counter`` (the architecture's
+    count: textbook kernels, fused attention not counted)."""
+    with torch.no_grad(), reference_kernels(), FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops() / batch / 1e9
 

@@ -118,14 +118,22 @@ class Denoiser(nn.Module):
         """Prompts -> tokens (B, L) on the model's device (``""`` = unconditional)."""
         return self.tokenizer.encode(prompts).to(self.unet.conv_in.weight.device)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor, prompt_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """
         :param x_t: (B, 4, h, w) noisy (scaled) latents
         :param t: (B,) timesteps
-        :param tokens: (B, L) from :meth:`encode_prompts`
+        :param tokens: (B, L) from :meth:`encode_prompts`; or, with ``prompt_index``, the
+            P distinct prompts of the batch (P, L)
+        :param prompt_index: optional (B,) row of ``tokens`` that each example uses. A batch
+            of 256 holds at most 31 distinct training prompts: encoding each once and looking
+            the context up gives the same result as encoding all 256
         :returns: (B, 4, h, w), ``eps`` or ``v`` according to ``config.prediction_type``
         """
-        context = self.prompt_encoder(tokens)
+        context = self.prompt_encoder(tokens)  # (B or P, L, D)
+        if prompt_index is not None:
+            context = context[prompt_index]  # (B, L, D)
         return self.unet(x_t, t, context)
 
 

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import SpatialTransformer
-from .layers import Downsample, Upsample
+from .layers import Conv3x3, Downsample, Upsample
 
 
 @dataclass
@@ -156,11 +156,12 @@ class ResBlock(nn.Module):
         super().__init__()
         assert in_channels % norm_groups == 0, f"{in_channels} channels cannot form {norm_groups} GroupNorm groups"
         self.norm1 = nn.GroupNorm(norm_groups, in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        # Conv3x3 is nn.Conv2d(..., 3, padding=1), computed faster on tiny maps (see layers.py)
+        self.conv1 = Conv3x3(in_channels, out_channels)
         self.emb_proj = nn.Linear(emb_dim, out_channels)
         self.norm2 = nn.GroupNorm(norm_groups, out_channels)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = Conv3x3(out_channels, out_channels)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)

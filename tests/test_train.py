@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from diffusion_lib import train as train_module
 from diffusion_lib.autoencoder import AutoencoderConfig, AutoencoderKL, load_autoencoder
 from diffusion_lib.checkpoint import load_component, read_checksums, save_component, verify_file
-from diffusion_lib.denoiser import load_denoiser
+from diffusion_lib.denoiser import Denoiser, load_denoiser
 from diffusion_lib.train import (
     EMA,
     TrainConfig,
@@ -158,6 +158,51 @@ def test_command_line_options_become_a_config():
     defaults = config_from_args(parser.parse_args(["--out", "run", "--epochs", "1"]))
     assert defaults == TrainConfig(out_dir="run", epochs=1)
     assert not defaults.has_model_options()
+
+
+def test_resume_on_the_command_line_keeps_the_saved_settings(tmp_path):
+    """"--out RUN --epochs N --resume" continues RUN as it was started; what is given still wins."""
+    parser = add_train_arguments(argparse.ArgumentParser())
+    started = TrainConfig(out_dir=str(tmp_path), epochs=100, lr=3e-4, lr_schedule="cosine", seed=7, limit=500,
+                          batch_size=64, snapshot_epochs=(1, 50))
+    (tmp_path / "train_state.json").write_text(json.dumps({"train_config": started.to_dict()}))
+
+    resumed = config_from_args(parser.parse_args(["--out", str(tmp_path), "--epochs", "100", "--resume"]))
+    for name in train_module.RUN_SETTINGS:
+        assert getattr(resumed, name) == getattr(started, name), name
+    changed = config_from_args(parser.parse_args(
+        ["--out", str(tmp_path), "--epochs", "120", "--resume", "--lr", "1e-4", "--snapshot-epochs", ""]))
+    assert (changed.lr, changed.snapshot_epochs, changed.lr_schedule, changed.seed) == (1e-4, (), "cosine", 7)
+    # without --resume the saved run is not consulted: the defaults
+    fresh = config_from_args(parser.parse_args(["--out", str(tmp_path), "--epochs", "1"]))
+    assert (fresh.lr, fresh.lr_schedule, fresh.seed) == (1e-3, "constant", 0)
+    # nothing readable to resume from: the defaults, and the trainer says what is missing
+    assert config_from_args(parser.parse_args(["--out", str(tmp_path / "none"), "--epochs", "1", "--resume"])).seed == 0
+
+
+def test_channels_last_trains_the_same_model(one_epoch, vae_dir, tmp_path):
+    """The memory order changes how the numbers are stored, not what is computed."""
+    model = Denoiser(build_denoiser_config(tiny(tmp_path, vae_dir))).eval()  # eval: no dropout
+    for p in model.parameters():  # fresh models zero their last layers; give every path a value
+        torch.nn.init.normal_(p, std=0.1)
+    x, t = torch.randn(8, 4, 8, 8), torch.randint(0, 1000, (8,))
+    tokens = model.encode_prompts(["a bag", "a coat", ""] * 2 + ["a bag"] * 2)
+    grads = {}
+    for flag in (False, True):
+        fmt = torch.channels_last if flag else torch.contiguous_format
+        model.to(memory_format=fmt).zero_grad(set_to_none=True)
+        model(x.contiguous(memory_format=fmt), t, tokens).pow(2).mean().backward()
+        grads[flag] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    # a whole epoch either way: the same losses (AdamW moves near-zero weights by ~lr whatever the sign of a
+    # gradient at rounding level, so the weights themselves are not compared), and channels_last is the CPU default
+    histories = {flag: train(tiny(tmp_path / f"cl_{flag}", vae_dir, epochs=1, channels_last=flag))
+                 for flag in (False, True)}
+    assert histories[False][0]["loss"] == pytest.approx(histories[True][0]["loss"], rel=1e-4)
+    reference = load_file(one_epoch / "train_state.safetensors")
+    state = load_file(tmp_path / "cl_True" / "train_state.safetensors")
+    assert all(torch.equal(value, reference[key]) for key, value in state.items())
 
 
 def test_cli_exit_codes(tmp_path, monkeypatch, capsys):
