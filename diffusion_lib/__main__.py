@@ -83,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vs-diffusers", action="store_true", help="also time diffusers' UNet2DConditionModel of the same shape")
     p.add_argument("--iters", type=int, default=10, help="timed iterations per measurement (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--channels-last", action="store_true", help="channels_last memory format for training")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory order for training (default: as the trainer, on the CPU only)")
+    p.add_argument("--options", action="store_true",
+                   help="also time our training step with each CPU option alone and all together")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoisers")
     p.add_argument("--tiny", action="store_true", help="tiny sizes: checks that everything runs, in seconds")
 
@@ -196,7 +199,7 @@ def cmd_bench(args) -> int:
     from .bench import environment, format_rows, run_bench
 
     rows = run_bench(args.device, args.vs_diffusers, args.tiny, args.iters, args.threads, args.channels_last,
-                     args.compile)
+                     args.compile, args.options)
     print(environment(args.device, args.channels_last, args.compile))
     print(format_rows(rows))
     return 0

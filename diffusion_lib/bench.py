@@ -3,10 +3,15 @@
 What it measures, each as the median over repeated timed iterations after warm-up:
 
 * denoiser training throughput (images/s) at batch 256 on 4x8x8 latents, prompt encoder
-  included: forward, MSE loss, backward, gradient clipping, AdamW step;
+  included: forward, MSE loss, backward, gradient clipping, AdamW step, with the inputs the
+  trainer uses (the 31 distinct training prompts, one row per example);
 * with ``--vs-diffusers``, the same for diffusers' ``UNet2DConditionModel`` configured to the
   same widths, depth, attention placement, context size and time-embedding width (fed by the
-  same prompt encoder), with parameter counts and GFLOP per forward pass beside each;
+  same prompt encoder the same way, in the same memory order), with parameter counts and
+  GFLOP per forward pass beside each;
+* with ``--options``, our denoiser's training step with each CPU option on its own and all
+  together, against none of them: channels_last, the tiny-map shortcuts (``layers.Conv3x3``
+  and explicit attention) and encoding each distinct prompt once;
 * autoencoder training throughput (batch 128, 1x32x32);
 * sampling: seconds for 100 images with DPM-Solver++ 20 steps, DDIM 50 and DDPM 1000,
   all with classifier-free guidance (conditional and unconditional in one batch), decoding included.
@@ -17,6 +22,7 @@ without any checkpoint. ``--tiny`` shrinks everything to seconds (for the test s
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import statistics
 import time
@@ -28,9 +34,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .autoencoder import AutoencoderConfig, AutoencoderKL, vae_loss
 from .denoiser import Denoiser, default_denoiser_config
+from .device import default_channels_last
 from .guidance import classifier_free_guidance
 from .layers import reference_kernels
 from .samplers import sample
+from .train import prompt_table
 from .schedules import NoiseSchedule
 
 
@@ -102,36 +110,81 @@ class PeerDenoiser(torch.nn.Module):
         self.prompt_encoder = denoiser.prompt_encoder
         self.unet = diffusers_peer(denoiser)
 
-    def forward(self, x, t, tokens):
-        return self.unet(x, t, encoder_hidden_states=self.prompt_encoder(tokens)).sample
+    def forward(self, x, t, tokens, prompt_index=None):
+        context = self.prompt_encoder(tokens)
+        if prompt_index is not None:
+            context = context[prompt_index]
+        return self.unet(x, t, encoder_hidden_states=context).sample
 
 
-def bench_training(model: torch.nn.Module, name: str, batch: int, iters: int, warmup: int, device: torch.device,
-                   tokens: torch.Tensor, side: int = 8, channels_last: bool = False) -> Timing:
-    """images/s of full training steps of a denoiser-like ``model(x, t, tokens)``."""
-    model = model.to(device).train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+def training_inputs(prompts: torch.Tensor, batch: int, device: torch.device, channels_last: bool):
+    """A batch as the trainer builds it: latents, timesteps, the prompt table (31, L) and each example's row."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 4, side, side, generator=g).to(device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    noise = torch.randn_like(x)
-    t = torch.randint(0, 1000, (batch,), generator=g).to(device)
-    tok = tokens.to(device)
+    x = torch.randn(batch, 4, 8, 8, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    index = torch.randint(0, len(prompts), (batch,), generator=g)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.to(device).contiguous(memory_format=fmt), t.to(device), prompts.to(device), index.to(device)
+
+
+def training_step(model: torch.nn.Module, inputs, distinct_prompts: bool = True):
+    """One full training step of a denoiser-like ``model(x, t, tokens[, prompt_index])`` (a closure)."""
+    x, t, prompts, index = inputs
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(x.device)
 
     def step():
-        loss = F.mse_loss(model(x, t, tok), noise)
+        out = model(x, t, prompts, index) if distinct_prompts else model(x, t, prompts[index])
+        loss = F.mse_loss(out, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
         opt.step()
 
-    seconds = median_time(step, iters, warmup, device)
+    return step
+
+
+def bench_training(model: torch.nn.Module, name: str, prompts: torch.Tensor, batch: int, iters: int, warmup: int,
+                   device: torch.device, channels_last: bool = False) -> Timing:
+    """images/s of full training steps of a denoiser-like ``model(x, t, tokens, prompt_index)``."""
+    model = model.to(device).train()
+    model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    inputs = training_inputs(prompts, batch, device, channels_last)
+    seconds = median_time(training_step(model, inputs), iters, warmup, device)
+    x, t, prompts, index = inputs
     n = batch // 4 if batch >= 4 else batch
-    flops = gflop_per_sample(lambda: model(x[:n], t[:n], tok[:n]), n)
+    flops = gflop_per_sample(lambda: model(x[:n], t[:n], prompts, index[:n]), n)
     return Timing(name, batch / seconds, "img/s", sum(p.numel() for p in model.parameters()), flops)
+
+
+# (name, channels_last, tiny-map shortcuts, distinct prompts)
+OPTIONS = (
+    ("none of the options", False, False, False),
+    ("channels_last only", True, False, False),
+    ("tiny-map shortcuts only", False, True, False),
+    ("each distinct prompt once only", False, False, True),
+    ("all three (the trainer's CPU default)", True, True, True),
+)
+
+
+def bench_options(prompts: torch.Tensor, batch: int, iters: int, warmup: int, device: torch.device,
+                  rounds: int = 4) -> list[Timing]:
+    """Our training step with each CPU option alone and all together. The settings take turns,
+    ``rounds`` times, so that a machine that speeds up or slows down meanwhile affects them alike."""
+    denoiser = Denoiser(default_denoiser_config()).to(device).train()
+    times: dict[str, list[float]] = {name: [] for name, *_ in OPTIONS}
+    for _ in range(rounds):
+        for name, channels_last, shortcuts, distinct in OPTIONS:
+            denoiser.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            step = training_step(denoiser, training_inputs(prompts, batch, device, channels_last), distinct)
+            with contextlib.nullcontext() if shortcuts else reference_kernels():
+                times[name].append(median_time(step, max(1, iters // rounds), warmup, device))
+    base = statistics.median(times[OPTIONS[0][0]])
+    rows = []
+    for name, seconds in times.items():
+        value = statistics.median(seconds)
+        rows.append(Timing(f"  options: {name} (x{base / value:.2f})", batch / value, "img/s"))
+    return rows
 
 
 def bench_vae_training(batch: int, iters: int, warmup: int, device: torch.device) -> Timing:
@@ -170,25 +223,30 @@ def bench_sampling(denoiser: Denoiser, vae: AutoencoderKL, sampler: str, steps: 
 
 
 def run_bench(device: str = "cpu", vs_diffusers: bool = False, tiny: bool = False, iters: int = 10,
-              threads: int | None = None, channels_last: bool = False, compile: bool = False) -> list[Timing]:
+              threads: int | None = None, channels_last: bool | None = None, compile: bool = False,
+              options: bool = False) -> list[Timing]:
+    """Every measurement of the table. ``channels_last=None``: as the trainer, on the CPU only."""
     from .device import resolve_device
 
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
+    channels_last = default_channels_last(dev) if channels_last is None else channels_last
     batch, warmup = (16, 1) if tiny else (256, 3)
     iters = 2 if tiny else iters
     denoiser = Denoiser(default_denoiser_config())
-    tokens = denoiser.encode_prompts([denoiser.tokenizer.class_names[i % 10] for i in range(batch)]).cpu()
+    prompts = prompt_table(denoiser, denoiser.tokenizer.class_names, torch.device("cpu"))  # (31, L)
     model = torch.compile(denoiser) if compile else denoiser
-    rows = [bench_training(model, "denoiser training (ours)", batch, iters, warmup, dev, tokens,
-                           channels_last=channels_last)]
+    rows = [bench_training(model, "denoiser training (ours)", prompts, batch, iters, warmup, dev, channels_last)]
     if vs_diffusers:
         peer = PeerDenoiser(Denoiser(default_denoiser_config()))
         peer_model = torch.compile(peer) if compile else peer
-        rows.append(bench_training(peer_model, "denoiser training (diffusers UNet2DConditionModel)", batch, iters,
-                                   warmup, dev, tokens, channels_last=channels_last))
+        rows.append(bench_training(peer_model, "denoiser training (diffusers UNet2DConditionModel)", prompts, batch,
+                                   iters, warmup, dev, channels_last))
+    if options:
+        rows.extend(bench_options(prompts, batch, 4 if tiny else max(iters, 8), warmup, dev, rounds=1 if tiny else 4))
     rows.append(bench_vae_training(8 if tiny else 128, iters, warmup, dev))
+    denoiser.to(memory_format=torch.contiguous_format)
     vae = AutoencoderKL(AutoencoderConfig())
     n = 4 if tiny else 100
     plan = [("dpmsolver++", 2 if tiny else 20), ("ddim", 2 if tiny else 50), ("ddpm", 3 if tiny else 1000)]
@@ -198,13 +256,15 @@ def run_bench(device: str = "cpu", vs_diffusers: bool = False, tiny: bool = Fals
     return rows
 
 
-def environment(device: str, channels_last: bool, compile: bool) -> str:
+def environment(device: str, channels_last: bool | None, compile: bool) -> str:
     from .device import resolve_device
 
     dev = resolve_device(device)
+    channels_last = default_channels_last(dev) if channels_last is None else channels_last
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     return (f"device: {dev} ({name}), dtype: float32, torch {torch.__version__}, threads: {torch.get_num_threads()}, "
-            f"channels_last: {channels_last}, torch.compile: {compile}")
+            f"channels_last: {channels_last}, tiny-map shortcuts: {dev.type == 'cpu'}, "
+            f"each distinct prompt encoded once: True, torch.compile: {compile}")
 
 
 def format_rows(rows: list[Timing]) -> str:

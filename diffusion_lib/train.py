@@ -96,7 +96,7 @@ from .checkpoint import (
 )
 from .data import DATASETS, FASHION_MNIST_CLASSES, MNIST_CLASSES, load_split, to_model_space
 from .denoiser import PREDICTION_TYPES, Denoiser, DenoiserConfig, default_denoiser_config
-from .device import resolve_device
+from .device import default_channels_last, resolve_device
 from .schedules import NoiseSchedule, resolve_schedule_name
 from .text_encoder import PROMPT_TEMPLATES, Tokenizer
 
@@ -559,7 +559,7 @@ class Trainer:
         if saved is not None:
             self._restore(*saved)
 
-        if config.channels_last or (config.channels_last is None and self.device.type == "cpu"):
+        if default_channels_last(self.device) if config.channels_last is None else config.channels_last:
             # the same numbers in another memory order: (B, C, H, W) stored as (B, H, W, C)
             self.model.to(memory_format=torch.channels_last)
             self.latents = self.latents.contiguous(memory_format=torch.channels_last)
