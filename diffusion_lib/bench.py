@@ -23,6 +23,7 @@ without any checkpoint. ``--tiny`` shrinks everything to seconds (for the test s
 from __future__ import annotations
 
 import contextlib
+import copy
 import platform
 import statistics
 import time
@@ -153,7 +154,8 @@ def bench_training(model: torch.nn.Module, name: str, prompts: torch.Tensor, bat
     seconds = median_time(training_step(model, inputs), iters, warmup, device)
     x, t, prompts, index = inputs
     n = batch // 4 if batch >= 4 else batch
-    flops = gflop_per_sample(lambda: model(x[:n], t[:n], prompts, index[:n]), n)
+    # the architecture's cost of one example: its own prompt through the prompt encoder
+    flops = gflop_per_sample(lambda: model(x[:n], t[:n], prompts[index[:n]]), n)
     return Timing(name, batch / seconds, "img/s", sum(p.numel() for p in model.parameters()), flops)
 
 
@@ -167,18 +169,29 @@ OPTIONS = (
 )
 
 
-def bench_options(prompts: torch.Tensor, batch: int, iters: int, warmup: int, device: torch.device,
-                  rounds: int = 4) -> list[Timing]:
-    """Our training step with each CPU option alone and all together. The settings take turns,
-    ``rounds`` times, so that a machine that speeds up or slows down meanwhile affects them alike."""
-    denoiser = Denoiser(default_denoiser_config()).to(device).train()
-    times: dict[str, list[float]] = {name: [] for name, *_ in OPTIONS}
-    for _ in range(rounds):
-        for name, channels_last, shortcuts, distinct in OPTIONS:
-            denoiser.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-            step = training_step(denoiser, training_inputs(prompts, batch, device, channels_last), distinct)
+def bench_options(prompts: torch.Tensor, batch: int, rounds: int, warmup: int, device: torch.device) -> list[Timing]:
+    """Our training step with each CPU option alone and all together. The settings take turns, a few
+    timed steps each per round, so that a machine that speeds up or slows down affects them alike."""
+    denoiser = Denoiser(default_denoiser_config())
+    steps = {}
+    for name, channels_last, shortcuts, distinct in OPTIONS:
+        # a copy per setting, each in its own memory order with its own optimizer, so no step converts anything
+        model = copy.deepcopy(denoiser).to(device).train()
+        model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        step = training_step(model, training_inputs(prompts, batch, device, channels_last), distinct)
+
+        def run(step=step, shortcuts=shortcuts):
             with contextlib.nullcontext() if shortcuts else reference_kernels():
-                times[name].append(median_time(step, max(1, iters // rounds), warmup, device))
+                step()
+
+        steps[name] = run
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for run in steps.values():
+        for _ in range(warmup):
+            run()
+    for _ in range(rounds):
+        for name, run in steps.items():
+            times[name].append(median_time(run, 3, 1, device))
     base = statistics.median(times[OPTIONS[0][0]])
     rows = []
     for name, seconds in times.items():
@@ -244,7 +257,7 @@ def run_bench(device: str = "cpu", vs_diffusers: bool = False, tiny: bool = Fals
         rows.append(bench_training(peer_model, "denoiser training (diffusers UNet2DConditionModel)", prompts, batch,
                                    iters, warmup, dev, channels_last))
     if options:
-        rows.extend(bench_options(prompts, batch, 4 if tiny else max(iters, 8), warmup, dev, rounds=1 if tiny else 4))
+        rows.extend(bench_options(prompts, batch, 1 if tiny else max(iters // 2, 4), warmup, dev))
     rows.append(bench_vae_training(8 if tiny else 128, iters, warmup, dev))
     denoiser.to(memory_format=torch.contiguous_format)
     vae = AutoencoderKL(AutoencoderConfig())
