@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, nargs="+", default=[3.0], help="one or more guidance scales")
     p.add_argument("--evaluator", default=None, help="folder with classifier.safetensors (default: --checkpoint, else checkpoints)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--autoencoder-floor", action="store_true",
+                   help="also measure the autoencoder's reconstructions of the real-data images (the floor latent "
+                        "diffusion cannot beat)")
 
     p = sub.add_parser("bench", help="measure training and sampling speed")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -165,10 +168,12 @@ def run_evaluation(pipe, evaluator, num_images: int, guidance: float, steps: int
     return metrics
 
 
-def format_table(rows: list[dict], floor: dict) -> str:
-    lines = [f"{'sampler':<12} {'steps':>5} {'guid.':>5} {'images':>6} {'FID':>8} {'KID':>9} {'acc.':>6}",
-             f"{'real data':<12} {'':>5} {'':>5} {floor['num_images']:>6} {floor['fid']:>8.3f} {floor['kid']:>9.5f} "
-             f"{floor['accuracy']:>6.3f}"]
+def format_table(rows: list[dict], floor: dict, autoencoder_floor: dict | None = None) -> str:
+    lines = [f"{'sampler':<12} {'steps':>5} {'guid.':>5} {'images':>6} {'FID':>8} {'KID':>9} {'acc.':>6}"]
+    floors = [("real data", floor)] + ([("autoencoder", autoencoder_floor)] if autoencoder_floor else [])
+    for name, f in floors:
+        lines.append(f"{name:<12} {'':>5} {'':>5} {f['num_images']:>6} {f['fid']:>8.3f} {f['kid']:>9.5f} "
+                     f"{f['accuracy']:>6.3f}")
     for r in rows:
         lines.append(f"{r['sampler']:<12} {r['steps']:>5} {r['guidance']:>5g} {r['num_images']:>6} {r['fid']:>8.3f} "
                      f"{r['kid']:>9.5f} {r['accuracy']:>6.3f}")
@@ -185,13 +190,18 @@ def cmd_evaluate(args) -> int:
     rows = [run_evaluation(pipe, evaluator, args.num_images, g, args.steps, args.sampler, args.seed, args.eta,
                            args.spacing, not args.no_progress, args.batch_size) for g in args.guidance]
     # the floor at the same number of images: FID is biased upwards for small samples
-    floor = evaluator.real_floor(n=min(rows[0]["num_images"], 60000))
-    print(format_table(rows, floor))
+    n = min(rows[0]["num_images"], 60000)
+    floor = evaluator.real_floor(n=n)
+    # the same real images through the autoencoder: what a perfect latent model would give
+    autoencoder_floor = evaluator.autoencoder_floor(pipe.vae, n=n) if args.autoencoder_floor else None
+    print(format_table(rows, floor, autoencoder_floor))
     if args.json:
         from .checkpoint import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps({"checkpoint": args.checkpoint, "denoiser": args.denoiser,
-                                                 "real_floor": floor, "results": rows}, indent=2) + "\n")
+        result = {"checkpoint": args.checkpoint, "denoiser": args.denoiser, "real_floor": floor, "results": rows}
+        if autoencoder_floor:
+            result["autoencoder_floor"] = autoencoder_floor
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -332,6 +332,24 @@ def _as_model_space(images) -> torch.Tensor:
 
 
 @torch.no_grad()
+def reconstruct(vae: AutoencoderKL, imageset, batch_size: int = 500) -> torch.Tensor:
+    """Encode and decode (posterior mode) every image: what latent diffusion gets back for a perfect latent.
+
+    :param imageset: an ``ImageSet``, uint8 (N, 28, 28) pixels, or model-space (N, 1, 32, 32)
+    :returns: uint8 pixels (N, 28, 28), clipped, rounded and cropped by
+        :func:`diffusion_lib.data.to_pixels`, exactly as a generated image would be
+    """
+    from .data import to_pixels
+
+    x = _as_model_space(imageset)
+    device = _model_device(vae)
+    was_training = vae.training
+    vae.eval()
+    out = [to_pixels(vae.decode(vae.encode(batch.to(device)).mode()).float().cpu()) for batch in _batches(x, batch_size)]
+    vae.train(was_training)
+    return torch.cat(out)
+
+
 def reconstruction_psnr(vae: AutoencoderKL, imageset, batch_size: int = 500) -> float:
     """PSNR (dB) of the posterior-mode reconstruction, over the 28x28 crop, pixels in [0, 1].
 
@@ -345,20 +363,10 @@ def reconstruction_psnr(vae: AutoencoderKL, imageset, batch_size: int = 500) -> 
     from .data import to_pixels
 
     x = _as_model_space(imageset)
-    device = _model_device(vae)
-    was_training = vae.training
-    vae.eval()
-    squared_error, count = 0.0, 0
-    for batch in _batches(x, batch_size):
-        batch = batch.to(device, non_blocking=True)
-        rec = vae.decode(vae.encode(batch).mode()).float()
-        # compare in [0, 1] pixel units on the 28x28 image (the padding is not part of the data)
-        p = to_pixels(batch.cpu()).double() / 255.0
-        p_hat = to_pixels(rec.cpu()).double() / 255.0
-        squared_error += (p - p_hat).pow(2).sum().item()
-        count += p.numel()
-    vae.train(was_training)
-    mse = squared_error / count
+    # compare in [0, 1] pixel units on the 28x28 image (the padding is not part of the data)
+    p = to_pixels(x).double() / 255.0
+    p_hat = reconstruct(vae, x, batch_size).double() / 255.0
+    mse = (p - p_hat).pow(2).mean().item()
     # PSNR = 10 log10(MAX^2 / MSE) with MAX = 1
     return float("inf") if mse == 0 else 10.0 * torch.log10(torch.tensor(1.0 / mse)).item()
 

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .autoencoder import reconstruct
 from .checkpoint import atomic_write_text, load_component, load_into, save_component
 from .data import FASHION_MNIST_CLASSES, ImageSet, load_split, to_model_space
 from .device import resolve_device
@@ -460,11 +461,26 @@ class Evaluator:
         """
         key = (n, tuple(sorted(kwargs.items())))
         if key not in self._floors:
-            train = load_split("train")
-            classes = int(train.labels.max()) + 1
-            if n < len(train):
-                per_class = -(-n // classes)
-                picks = torch.cat([torch.nonzero(train.labels == c).flatten()[:per_class] for c in range(classes)])
-                train = ImageSet(train.images[picks], train.labels[picks], train.class_names)
+            train = balanced_training_images(n)
             self._floors[key] = self.evaluate(train.images, train.labels, **kwargs)
         return self._floors[key]
+
+    def autoencoder_floor(self, vae: nn.Module, n: int = 10000, **kwargs) -> dict[str, Any]:
+        """The same numbers for the autoencoder's reconstructions of the images of :meth:`real_floor`.
+
+        Latent diffusion generates latents and decodes them, so even a perfect latent model
+        only produces what the decoder can: this is the floor such a model cannot beat.
+        """
+        train = balanced_training_images(n)
+        return self.evaluate(reconstruct(vae, train.images), train.labels, **kwargs)
+
+
+def balanced_training_images(n: int) -> ImageSet:
+    """The first ``n / 10`` training images of each class (all 60,000 for n >= 60,000)."""
+    train = load_split("train")
+    if n >= len(train):
+        return train
+    classes = int(train.labels.max()) + 1
+    per_class = -(-n // classes)
+    picks = torch.cat([torch.nonzero(train.labels == c).flatten()[:per_class] for c in range(classes)])
+    return ImageSet(train.images[picks], train.labels[picks], train.class_names)

@@ -60,10 +60,10 @@ def test_ladder_snapshot_loads(run_dir):
 def test_evaluate_prints_the_real_floor(run_dir):
     report = run_dir / "eval.json"
     proc = cli("evaluate", "--checkpoint", str(run_dir), "--num-images", "40", "--steps", "3", "--guidance", "0", "3",
-               "--json", str(report), "--no-progress", "--device", "cpu")
-    assert "real data" in proc.stdout
+               "--json", str(report), "--no-progress", "--device", "cpu", "--autoencoder-floor")
+    assert "real data" in proc.stdout and "autoencoder" in proc.stdout
     result = json.loads(report.read_text())
-    assert result["real_floor"]["num_images"] == 40
+    assert result["real_floor"]["num_images"] == 40 and result["autoencoder_floor"]["num_images"] == 40
     assert [r["guidance"] for r in result["results"]] == [0.0, 3.0]
     for r in result["results"]:
         assert r["num_images"] == 40 and 0 <= r["accuracy"] <= 1 and r["fid"] > 0

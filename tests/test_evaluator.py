@@ -162,3 +162,17 @@ def test_real_floor_is_class_balanced(evaluator, monkeypatch):
     monkeypatch.setattr(evaluator, "evaluate", spy)
     evaluator.real_floor(n=100, kid_subsets=2, kid_subset_size=50)
     assert seen["counts"] == [10] * 10
+
+
+@pytest.mark.skipif(not (SHIPPED / "vae.safetensors").is_file(), reason="no shipped autoencoder in checkpoints/")
+def test_autoencoder_floor_lies_between_real_data_and_a_broken_autoencoder(evaluator):
+    from diffusion_lib.autoencoder import AutoencoderConfig, AutoencoderKL, load_autoencoder
+
+    kwargs = dict(kid_subsets=5, kid_subset_size=500)
+    real = evaluator.real_floor(n=600, **kwargs)
+    shipped = evaluator.autoencoder_floor(load_autoencoder(SHIPPED), n=600, **kwargs)
+    untrained = evaluator.autoencoder_floor(AutoencoderKL(AutoencoderConfig()), n=600, **kwargs)
+    assert shipped["num_images"] == 600
+    # reconstructions lose a little detail: a bit worse than the real images, far better than noise
+    assert real["fid"] < shipped["fid"] < 2 * real["fid"] + 1 < untrained["fid"]
+    assert shipped["accuracy"] > 0.9 and untrained["accuracy"] < 0.5
