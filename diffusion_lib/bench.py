@@ -36,11 +36,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from .autoencoder import AutoencoderConfig, AutoencoderKL, vae_loss
 from .denoiser import Denoiser, default_denoiser_config
 from .device import default_channels_last
-from .guidance import classifier_free_guidance
 from .layers import reference_kernels
-from .samplers import sample
+from .pipeline import Pipeline
 from .train import prompt_table
-from .schedules import NoiseSchedule
 
 
 @dataclass
@@ -218,17 +216,14 @@ def bench_vae_training(batch: int, iters: int, warmup: int, device: torch.device
 
 def bench_sampling(denoiser: Denoiser, vae: AutoencoderKL, sampler: str, steps: int, n: int, device: torch.device,
                    repeats: int) -> Timing:
-    denoiser, vae = denoiser.to(device).eval(), vae.to(device).eval()
-    schedule = NoiseSchedule.from_dict(denoiser.config.schedule)
-    cond = denoiser.encode_prompts([denoiser.tokenizer.class_names[i % 10] for i in range(n)])
-    uncond = denoiser.encode_prompts([""])
+    """Seconds for ``n`` images through :class:`Pipeline` (guidance 3, prompts of all classes, decoding included)."""
+    pipe = Pipeline(vae, denoiser, device)
+    classes = denoiser.tokenizer.class_names
+    prompts = [classes[i % len(classes)] for i in range(min(n, len(classes)))]
 
     def run():
-        fn = classifier_free_guidance(denoiser, cond, uncond, 3.0)
-        z = sample(fn, (n, 4, 8, 8), schedule, sampler, steps, generator=torch.Generator().manual_seed(0),
-                   progress=False, device=device)
-        with torch.no_grad():
-            vae.decode(z / vae.config.scale_factor)
+        pipe(prompts, num_images=-(-n // len(prompts)), num_inference_steps=steps, guidance_scale=3.0,
+             sampler=sampler, seed=0, progress=False)
 
     # the model is warm by the time the 1000-step sampler runs: no untimed repeat of it
     seconds = median_time(run, repeats, 0 if steps >= 1000 else 1, device)

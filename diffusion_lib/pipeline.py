@@ -130,11 +130,19 @@ class Pipeline:
             generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**63)
 
         latents, trajectories = [], []
-        uncond = self.denoiser.encode_prompts([""])
         for start in range(0, len(all_prompts), batch_size):
             chunk = all_prompts[start : start + batch_size]
-            cond = self.denoiser.encode_prompts(chunk)
-            model_fn = classifier_free_guidance(self.denoiser, cond, uncond, guidance_scale)
+            # the prompt encoder runs once per distinct prompt at each step (here at most 11 with
+            # the empty one, whatever the batch), and every image looks its prompt's context up
+            distinct = list(dict.fromkeys(chunk + [""]))
+            table = self.denoiser.encode_prompts(distinct)  # (P, L)
+            rows = torch.tensor([distinct.index(p) for p in chunk], device=self.device)  # (B,)
+
+            def model(x, t, prompt_rows, table=table):
+                return self.denoiser(x, t, table, prompt_rows)
+
+            model_fn = classifier_free_guidance(model, rows, rows[:0].new_full((1,), distinct.index("")),
+                                                guidance_scale)
             result = sample(
                 model_fn,
                 self.latent_shape(len(chunk)),

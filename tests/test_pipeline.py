@@ -39,9 +39,9 @@ def test_guidance_one_ignores_the_unconditional_branch(pipe):
     calls = []
     original = pipe.denoiser.forward
 
-    def counting(x, t, tokens):
+    def counting(x, t, *prompts):
         calls.append(x.shape[0])
-        return original(x, t, tokens)
+        return original(x, t, *prompts)
 
     pipe.denoiser.forward = counting
     try:
