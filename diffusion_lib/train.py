@@ -659,8 +659,12 @@ class Trainer:
             {k: v for k, v in meta["train_config"].items() if k not in ignore},
             {k: v for k, v in self.config.to_dict().items() if k not in ignore},
         )
-        if changed and self.dist.is_main:
-            print(f"resuming {self.out_dir} after epoch {self.epoch} with changed settings: " + "; ".join(changed))
+        if self.dist.is_main:
+            c = self.config
+            print(f"resuming {self.out_dir} after epoch {self.epoch} of {c.epochs} (seed {c.seed}, lr {c.lr:g} "
+                  f"{c.lr_schedule}, batch {c.batch_size})", flush=True)
+            if changed:
+                print("changed settings: " + "; ".join(changed), flush=True)
 
     # ------------------------------------------------------------------------- training
     def train_step(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -180,6 +180,15 @@ def test_resume_on_the_command_line_keeps_the_saved_settings(tmp_path):
     assert config_from_args(parser.parse_args(["--out", str(tmp_path / "none"), "--epochs", "1", "--resume"])).seed == 0
 
 
+def test_resume_says_where_it_goes_on_and_what_changed(one_epoch, tmp_path, capsys):
+    run = copy_run(one_epoch, tmp_path)
+    train(tiny(run, run, epochs=1, resume=True))  # already done: nothing trains, but the run is read
+    out = capsys.readouterr().out
+    assert "after epoch 1 of 1 (seed 0, lr 0.001 constant, batch 32)" in out and "changed" not in out
+    train(tiny(run, run, epochs=1, resume=True, lr=5e-4))
+    assert "changed settings: lr: 0.001 -> 0.0005" in capsys.readouterr().out
+
+
 def test_channels_last_trains_the_same_model(one_epoch, vae_dir, tmp_path):
     """The memory order changes how the numbers are stored, not what is computed."""
     model = Denoiser(build_denoiser_config(tiny(tmp_path, vae_dir))).eval()  # eval: no dropout
