@@ -141,8 +141,8 @@ class Pipeline:
             def model(x, t, prompt_rows, table=table):
                 return self.denoiser(x, t, table, prompt_rows)
 
-            model_fn = classifier_free_guidance(model, rows, rows[:0].new_full((1,), distinct.index("")),
-                                                guidance_scale)
+            empty_row = torch.tensor([distinct.index("")], device=self.device)
+            model_fn = classifier_free_guidance(model, rows, empty_row, guidance_scale)
             result = sample(
                 model_fn,
                 self.latent_shape(len(chunk)),
