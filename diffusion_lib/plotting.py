@@ -64,11 +64,14 @@ def plot_training_log(log: str | Path, path: str | Path, title: str = "denoiser 
     return path
 
 
-def plot_ladder(results: dict[int, dict], floor: dict, path: str | Path) -> Path:
+def plot_ladder(results: dict[int, dict], floor: dict, path: str | Path,
+                autoencoder_floor: dict | None = None) -> Path:
     """PNG of FID-FMNIST and conditional accuracy against training epochs.
 
     :param results: ``{epoch: evaluate() result}`` for each rung of the ladder
     :param floor: the real-data floor at the same number of images
+    :param autoencoder_floor: the autoencoder's reconstructions of the same images, the floor a latent
+        model cannot go below (drawn when given)
     """
     import matplotlib
 
@@ -79,6 +82,8 @@ def plot_ladder(results: dict[int, dict], floor: dict, path: str | Path) -> Path
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
     ax1.plot(epochs, [results[e]["fid"] for e in epochs], marker="o", label="model")
     ax1.axhline(floor["fid"], color="gray", ls="--", label="real-data floor")
+    if autoencoder_floor:
+        ax1.axhline(autoencoder_floor["fid"], color="tab:orange", ls=":", label="autoencoder floor")
     ax1.set(xlabel="epoch", ylabel="FID-FMNIST", xscale="log", yscale="log", title="FID (lower is better)")
     ax1.legend()
     ax2.plot(epochs, [results[e]["accuracy"] for e in epochs], marker="o", color="tab:green", label="model")

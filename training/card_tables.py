@@ -1,0 +1,108 @@
+"""Print the model card's quality tables (Markdown) from the measurements of `training/ship_run.sh`.
+
+    python training/card_tables.py [checkpoints/metrics]
+
+Reads the evaluate JSON files the shipment wrote, so that the card's numbers are copied by a program,
+not by hand: the final model per sampler and guidance scale with both floors, the goals of the model
+card against those numbers, and the epoch ladder.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+SAMPLER_NAMES = {"dpmsolver++": "DPM-Solver++(2M)", "ddim": "DDIM (eta 0)", "ddpm": "DDPM"}
+
+
+def load(metrics: Path, name: str) -> dict | None:
+    path = metrics / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def row(cells: list) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def floor_row(name: str, f: dict) -> str:
+    return row([name, "", "", f"{f['num_images']:,}", f"{f['fid']:.3f}", f"{f['kid']:.4f}", f"{f['accuracy']:.3f}"])
+
+
+def result_row(r: dict, best: bool) -> str:
+    fid = f"**{r['fid']:.3f}**" if best else f"{r['fid']:.3f}"
+    return row([SAMPLER_NAMES.get(r["sampler"], r["sampler"]), r["steps"], f"{r['guidance']:g}", f"{r['num_images']:,}",
+                fid, f"{r['kid']:.4f}", f"{r['accuracy']:.3f}"])
+
+
+def quality_table(metrics: Path) -> tuple[str, dict | None]:
+    """The final model's table; returns it and the DPM-Solver++ 20 result of lowest FID."""
+    head = [row(["sampler", "steps", "guidance", "images", "FID-FMNIST", "KID", "conditional accuracy"]),
+            row(["---"] * 7)]
+    lines, best = [], None
+    main = load(metrics, "dpmsolver++_20")
+    if main:
+        lines.append(floor_row("real data (floor)", main["real_floor"]))
+        if "autoencoder_floor" in main:
+            lines.append(floor_row("autoencoder reconstructions (latent floor)", main["autoencoder_floor"]))
+        best = min(main["results"], key=lambda r: r["fid"])
+        lines += [result_row(r, r is best) for r in main["results"]]
+    ddim = load(metrics, "ddim_50")
+    if ddim:
+        lines += [result_row(r, False) for r in ddim["results"]]
+    for name in ("dpmsolver++_20_at_ddpm_size", "ddpm_1000"):
+        small = load(metrics, name)
+        if small:
+            if name == "dpmsolver++_20_at_ddpm_size":
+                lines.append(floor_row("real data (floor)", small["real_floor"]))
+            lines += [result_row(r, False) for r in small["results"]]
+    return "\n".join(head + lines), best
+
+
+def goals(metrics: Path, best: dict | None) -> str:
+    if best is None:
+        return "(no DPM-Solver++ 20 measurement yet)"
+    main = load(metrics, "dpmsolver++_20")
+    real, ae = main["real_floor"], main.get("autoencoder_floor")
+    out = [f"- conditional accuracy at guidance {best['guidance']:g} (lowest FID): {best['accuracy']:.1%} (goal >= 95%)",
+           f"- FID-FMNIST {best['fid']:.3f} = {best['fid'] / real['fid']:.2f}x the real-data floor {real['fid']:.3f} "
+           f"(goal <= 2x, stretch 1.3x)"]
+    if ae:
+        out.append(f"- the same FID = {best['fid'] / ae['fid']:.2f}x the autoencoder floor {ae['fid']:.3f}")
+    ddpm, dpm = load(metrics, "ddpm_1000"), load(metrics, "dpmsolver++_20_at_ddpm_size")
+    if ddpm and dpm:
+        a, b = dpm["results"][0], ddpm["results"][0]
+        out.append(f"- DPM-Solver++ 20 / DDPM 1000 FID at {a['num_images']:,} images, guidance {a['guidance']:g}: "
+                   f"{a['fid']:.3f} / {b['fid']:.3f} = {a['fid'] / b['fid']:.3f} (goal <= 1.10); sampling "
+                   f"{a['sampling_seconds']:.0f} s vs {b['sampling_seconds']:.0f} s")
+    return "\n".join(out)
+
+
+def ladder_table(metrics: Path) -> str:
+    rungs = {int(p.stem.split("epoch")[1]): json.loads(p.read_text())["results"][0]
+             for p in metrics.glob("ladder_epoch*.json")}
+    main = load(metrics, "dpmsolver++_20")
+    if main and rungs:
+        final = next((r for r in main["results"] if r["guidance"] == 3.0), None)
+        log = metrics.parent / "train_log.jsonl"
+        if final and log.exists():
+            # the final model is the last rung: the epoch its training log ends at
+            rungs[json.loads(log.read_text().splitlines()[-1])["epoch"]] = final
+    epochs = sorted(rungs)
+    return "\n".join([
+        row(["epoch"] + epochs), row(["---"] * (len(epochs) + 1)),
+        row(["FID-FMNIST"] + [f"{rungs[e]['fid']:.3f}" for e in epochs]),
+        row(["KID"] + [f"{rungs[e]['kid']:.4f}" for e in epochs]),
+        row(["accuracy"] + [f"{rungs[e]['accuracy']:.3f}" for e in epochs]),
+    ])
+
+
+def main(argv: list[str]) -> int:
+    metrics = Path(argv[0] if argv else "checkpoints/metrics")
+    if not metrics.is_dir():
+        sys.exit(f"{metrics} is not a folder of evaluate JSON files; run training/ship_run.sh first")
+    table, best = quality_table(metrics)
+    print(table, "", goals(metrics, best), "", ladder_table(metrics), sep="\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
