@@ -70,6 +70,9 @@ def goals(metrics: Path, best: dict | None) -> str:
     ddpm, dpm = load(metrics, "ddpm_1000"), load(metrics, "dpmsolver++_20_at_ddpm_size")
     if ddpm and dpm:
         a, b = dpm["results"][0], ddpm["results"][0]
+        small = dpm["real_floor"]
+        out.append(f"- at {a['num_images']:,} images: FID-FMNIST {a['fid']:.3f} = {a['fid'] / small['fid']:.2f}x the "
+                   f"real-data floor {small['fid']:.3f} at that size")
         out.append(f"- DPM-Solver++ 20 / DDPM 1000 FID at {a['num_images']:,} images, guidance {a['guidance']:g}: "
                    f"{a['fid']:.3f} / {b['fid']:.3f} = {a['fid'] / b['fid']:.3f} (goal <= 1.10); sampling "
                    f"{a['sampling_seconds']:.0f} s vs {b['sampling_seconds']:.0f} s")
@@ -86,6 +89,8 @@ def ladder_table(metrics: Path) -> str:
         if final and log.exists():
             # the final model is the last rung: the epoch its training log ends at
             rungs[json.loads(log.read_text().splitlines()[-1])["epoch"]] = final
+    if len(rungs) < 2:
+        return "(the ladder is not measured yet)"
     epochs = sorted(rungs)
     return "\n".join([
         row(["epoch"] + epochs), row(["---"] * (len(epochs) + 1)),
