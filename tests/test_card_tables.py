@@ -64,3 +64,13 @@ def test_ladder_not_measured_yet(tmp_path):
     for rung in metrics.glob("ladder_epoch*.json"):
         rung.unlink()
     assert card_tables.ladder_table(metrics) == "(the ladder is not measured yet)"
+
+
+def test_main_prints_the_tables_and_draws_the_ladder(tmp_path, capsys):
+    from PIL import Image
+
+    metrics = shipment(tmp_path)
+    assert card_tables.main([str(metrics), "--ladder-png", str(tmp_path / "ladder.png")]) == 0
+    out = capsys.readouterr().out
+    assert "| epoch | 1 | 50 | 100 |" in out and "(goal >= 95%)" in out
+    assert Image.open(tmp_path / "ladder.png").size == (990, 352)

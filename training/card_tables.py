@@ -1,12 +1,13 @@
 """Print the model card's quality tables (Markdown) from the measurements of `training/ship_run.sh`.
 
-    python training/card_tables.py [checkpoints/metrics]
+    python training/card_tables.py [checkpoints/metrics] [--ladder-png checkpoints/ladder.png]
 
 Reads the evaluate JSON files the shipment wrote, so that the card's numbers are copied by a program,
 not by hand: the final model per sampler and guidance scale with both floors, the goals of the model
 card against those numbers, and the epoch ladder.
 """
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -45,15 +46,11 @@ def quality_table(metrics: Path) -> tuple[str, dict | None]:
             lines.append(floor_row("autoencoder reconstructions (latent floor)", main["autoencoder_floor"]))
         best = min(main["results"], key=lambda r: r["fid"])
         lines += [result_row(r, r is best) for r in main["results"]]
-    ddim = load(metrics, "ddim_50")
-    if ddim:
-        lines += [result_row(r, False) for r in ddim["results"]]
-    for name in ("dpmsolver++_20_at_ddpm_size", "ddpm_1000"):
-        small = load(metrics, name)
-        if small:
-            if name == "dpmsolver++_20_at_ddpm_size":
-                lines.append(floor_row("real data (floor)", small["real_floor"]))
-            lines += [result_row(r, False) for r in small["results"]]
+    for name in ("ddim_50", "dpmsolver++_20_at_ddpm_size", "ddpm_1000"):
+        measured = load(metrics, name)
+        if measured and name == "dpmsolver++_20_at_ddpm_size":  # the smaller sample gets its own floor
+            lines.append(floor_row("real data (floor)", measured["real_floor"]))
+        lines += [result_row(r, False) for r in measured["results"]] if measured else []
     return "\n".join(head + lines), best
 
 
@@ -79,16 +76,21 @@ def goals(metrics: Path, best: dict | None) -> str:
     return "\n".join(out)
 
 
-def ladder_table(metrics: Path) -> str:
+def ladder_results(metrics: Path) -> dict[int, dict]:
+    """``{epoch: result}`` of every measured rung (guidance 3), the final model the last of them."""
     rungs = {int(p.stem.split("epoch")[1]): json.loads(p.read_text())["results"][0]
              for p in metrics.glob("ladder_epoch*.json")}
     main = load(metrics, "dpmsolver++_20")
-    if main and rungs:
-        final = next((r for r in main["results"] if r["guidance"] == 3.0), None)
-        log = metrics.parent / "train_log.jsonl"
-        if final and log.exists():
-            # the final model is the last rung: the epoch its training log ends at
-            rungs[json.loads(log.read_text().splitlines()[-1])["epoch"]] = final
+    log = metrics.parent / "train_log.jsonl"
+    final = next((r for r in main["results"] if r["guidance"] == 3.0), None) if main else None
+    if rungs and final and log.exists():
+        # the final model is the last rung: the epoch its training log ends at
+        rungs[json.loads(log.read_text().splitlines()[-1])["epoch"]] = final
+    return dict(sorted(rungs.items()))
+
+
+def ladder_table(metrics: Path) -> str:
+    rungs = ladder_results(metrics)
     if len(rungs) < 2:
         return "(the ladder is not measured yet)"
     epochs = sorted(rungs)
@@ -100,12 +102,26 @@ def ladder_table(metrics: Path) -> str:
     ])
 
 
+def plot(metrics: Path, path: Path) -> None:
+    """ladder.png: FID and accuracy against epochs, with both floors of the final model's measurement."""
+    from diffusion_lib.plotting import plot_ladder
+
+    main = load(metrics, "dpmsolver++_20")
+    plot_ladder(ladder_results(metrics), main["real_floor"], path, main.get("autoencoder_floor"))
+    print(f"wrote {path}")
+
+
 def main(argv: list[str]) -> int:
-    metrics = Path(argv[0] if argv else "checkpoints/metrics")
-    if not metrics.is_dir():
-        sys.exit(f"{metrics} is not a folder of evaluate JSON files; run training/ship_run.sh first")
-    table, best = quality_table(metrics)
-    print(table, "", goals(metrics, best), "", ladder_table(metrics), sep="\n")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("metrics", nargs="?", default="checkpoints/metrics", type=Path)
+    parser.add_argument("--ladder-png", type=Path, help="also draw the ladder plot there")
+    args = parser.parse_args(argv)
+    if not args.metrics.is_dir():
+        sys.exit(f"{args.metrics} is not a folder of evaluate JSON files; run training/ship_run.sh first")
+    table, best = quality_table(args.metrics)
+    print(table, "", goals(args.metrics, best), "", ladder_table(args.metrics), sep="\n")
+    if args.ladder_png:
+        plot(args.metrics, args.ladder_png)
     return 0
 
 

@@ -11,7 +11,7 @@
 #
 # Copies the run's denoiser and ladder into checkpoints/ (or $SHIP_TO), records the checksums, draws the
 # loss curve, the samples and the ladder plot, and writes every measurement to
-# checkpoints/metrics/*.json. The model card's tables are then printed by training/card_tables.py.
+# checkpoints/metrics/*.json, then prints the model card's tables from them (training/card_tables.py).
 #
 # Order: the final model at every guidance scale first, then DDPM 1000 and DDIM 50 at the guidance
 # scale of lowest FID, then the ladder. A measurement whose JSON is newer than the weights it measured
@@ -73,18 +73,6 @@ for snapshot in "$OUT"/denoiser_epoch*.safetensors; do
         --steps 20 --guidance 3
 done
 
-# 4. the ladder plot: FID and accuracy against epochs (the final model is the last rung)
-"$PY" - "$OUT" "$epochs" <<'PLOT'
-import json, sys
-from pathlib import Path
-from diffusion_lib.plotting import plot_ladder
-
-out, final = Path(sys.argv[1]), int(sys.argv[2])
-rungs = {int(p.stem.split("epoch")[1]): json.loads(p.read_text()) for p in (out / "metrics").glob("ladder_epoch*.json")}
-main = json.loads((out / "metrics" / "dpmsolver++_20.json").read_text())
-results = {epoch: r["results"][0] for epoch, r in rungs.items()}
-results[final] = next(r for r in main["results"] if r["guidance"] == 3.0)
-plot_ladder(dict(sorted(results.items())), main["real_floor"], out / "ladder.png", main.get("autoencoder_floor"))
-print(f"wrote {out / 'ladder.png'}")
-PLOT
+# 4. the model card's tables, and the ladder plot: FID and accuracy against epochs (the final model is the last rung)
+"$PY" training/card_tables.py "$OUT/metrics" --ladder-png "$OUT/ladder.png"
 du -sh "$OUT"
