@@ -74,3 +74,8 @@ def test_main_prints_the_tables_and_draws_the_ladder(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| epoch | 1 | 50 | 100 |" in out and "(goal >= 95%)" in out
     assert Image.open(tmp_path / "ladder.png").size == (990, 352)
+
+
+def test_best_guidance_alone(tmp_path, capsys):
+    assert card_tables.main([str(shipment(tmp_path)), "--best-guidance"]) == 0
+    assert capsys.readouterr().out == "2\n"

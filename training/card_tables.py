@@ -115,9 +115,15 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("metrics", nargs="?", default="checkpoints/metrics", type=Path)
     parser.add_argument("--ladder-png", type=Path, help="also draw the ladder plot there")
+    parser.add_argument("--best-guidance", action="store_true",
+                        help="print only the DPM-Solver++ 20 guidance scale of lowest FID")
     args = parser.parse_args(argv)
     if not args.metrics.is_dir():
         sys.exit(f"{args.metrics} is not a folder of evaluate JSON files; run training/ship_run.sh first")
+    if args.best_guidance:
+        _, best = quality_table(args.metrics)
+        print(best["guidance"] if best else sys.exit(f"{args.metrics} has no dpmsolver++_20.json yet"))
+        return 0
     table, best = quality_table(args.metrics)
     print(table, "", goals(args.metrics, best), "", ladder_table(args.metrics), sep="\n")
     if args.ladder_png:

@@ -61,8 +61,7 @@ final="$OUT/denoiser.safetensors"
 eval_run dpmsolver++_20 "$final" --num-images "$N" --sampler dpmsolver++ --steps 20 --guidance 0 1 2 3 5 \
     --autoencoder-floor
 # the guidance scale of lowest FID-FMNIST with DPM-Solver++ 20 at NUM_IMAGES
-best=$("$PY" -c "import json,sys; r=json.load(open(sys.argv[1]))['results']; \
-print(min(r, key=lambda x: x['fid'])['guidance'])" "$OUT/metrics/dpmsolver++_20.json")
+best=$("$PY" training/card_tables.py "$OUT/metrics" --best-guidance)
 echo "lowest FID at guidance $best"
 eval_run ddpm_1000 "$final" --num-images "$N_DDPM" --sampler ddpm --steps 1000 --guidance "$best"
 eval_run dpmsolver++_20_at_ddpm_size "$final" --num-images "$N_DDPM" --sampler dpmsolver++ --steps 20 --guidance "$best"
