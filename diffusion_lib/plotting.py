@@ -64,11 +64,14 @@ def plot_training_log(log: str | Path, path: str | Path, title: str = "denoiser 
     return path
 
 
-def plot_ladder(results: dict[int, dict], floor: dict, path: str | Path,
-                autoencoder_floor: dict | None = None) -> Path:
-    """PNG of FID-FMNIST and conditional accuracy against training epochs.
+LADDER_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:red", "tab:brown")  # orange is the autoencoder's
 
-    :param results: ``{epoch: evaluate() result}`` for each rung of the ladder
+
+def plot_ladder(ladders: dict[float, dict[int, dict]], floor: dict, path: str | Path,
+                autoencoder_floor: dict | None = None) -> Path:
+    """PNG of FID-FMNIST and conditional accuracy against training epochs, one line per guidance scale.
+
+    :param ladders: ``{guidance: {epoch: evaluate() result}}``, the rungs measured at each guidance scale
     :param floor: the real-data floor at the same number of images
     :param autoencoder_floor: the autoencoder's reconstructions of the same images, the floor a latent
         model cannot go below (drawn when given)
@@ -78,18 +81,23 @@ def plot_ladder(results: dict[int, dict], floor: dict, path: str | Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = sorted(results)
+    if len(ladders) > len(LADDER_COLOURS):
+        raise ValueError(f"plot_ladder draws at most {len(LADDER_COLOURS)} guidance scales, got {len(ladders)}")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax1.plot(epochs, [results[e]["fid"] for e in epochs], marker="o", label="model")
+    for (guidance, results), colour, marker in zip(ladders.items(), LADDER_COLOURS, "osD^v"):
+        epochs = sorted(results)
+        style = dict(marker=marker, color=colour, label=f"guidance {guidance:g}")
+        ax1.plot(epochs, [results[e]["fid"] for e in epochs], **style)
+        ax2.plot(epochs, [results[e]["accuracy"] for e in epochs], **style)
     ax1.axhline(floor["fid"], color="gray", ls="--", label="real-data floor")
     if autoencoder_floor:
         ax1.axhline(autoencoder_floor["fid"], color="tab:orange", ls=":", label="autoencoder floor")
     ax1.set(xlabel="epoch", ylabel="FID-FMNIST", xscale="log", yscale="log", title="FID (lower is better)")
     ax1.legend()
-    ax2.plot(epochs, [results[e]["accuracy"] for e in epochs], marker="o", color="tab:green", label="model")
     ax2.axhline(floor["accuracy"], color="gray", ls="--", label="real training images")
     ax2.set(xlabel="epoch", ylabel="conditional accuracy", xscale="log", ylim=(0, 1.02), title="prompted class drawn")
     ax2.legend(loc="lower right")
+    epochs = sorted({e for results in ladders.values() for e in results})
     for ax in (ax1, ax2):
         ax.set_xticks(epochs, [str(e) for e in epochs])
         ax.grid(alpha=0.3)

@@ -28,13 +28,17 @@ def shipment(tmp_path) -> Path:
     metrics.mkdir()
     (tmp_path / "train_log.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(1, 101)))
     write(metrics, "dpmsolver++_20", [result("dpmsolver++", 20, g, fid, acc) for g, fid, acc in
-                                       [(0, 3.0, 0.1), (2, 1.0, 0.97), (3, 1.5, 0.99)]],
+                                       [(0.0, 3.0, 0.1), (2.0, 1.0, 0.97), (3.0, 1.5, 0.99)]],
           floor(0.2), autoencoder_floor=floor(0.5))
     write(metrics, "ddpm_1000", [result("ddpm", 1000, 2, 1.6, 0.97, n=1000, seconds=1500)], floor(0.7, 1000))
     write(metrics, "dpmsolver++_20_at_ddpm_size", [result("dpmsolver++", 20, 2, 1.7, 0.97, n=1000, seconds=30)],
           floor(0.7, 1000))
     for epoch, fid in [(1, 40.0), (50, 2.0)]:
-        write(metrics, f"ladder_epoch{epoch:03d}", [result("dpmsolver++", 20, 3, fid, 0.9)], floor(0.2))
+        write(metrics, f"ladder_epoch{epoch:03d}", [result("dpmsolver++", 20, 3, fid, 0.9)], floor(0.2),
+              denoiser=f"denoiser_epoch{epoch:03d}")
+    # a second guidance scale, measured on one rung only
+    write(metrics, "ladder_epoch050_guidance2", [result("dpmsolver++", 20, 2, 1.8, 0.85)], floor(0.2),
+          denoiser="denoiser_epoch050")
     return metrics
 
 
@@ -55,13 +59,24 @@ def test_goals_are_computed_from_the_best_guidance(tmp_path):
 def test_ladder_ends_at_the_final_model(tmp_path):
     lines = card_tables.ladder_table(shipment(tmp_path)).splitlines()
     assert lines[0] == "| epoch | 1 | 50 | 100 |"
-    # the final model's guidance-3 result is the last rung
-    assert lines[2] == "| FID-FMNIST | 40.000 | 2.000 | 1.500 |"
+    # the card's guidance 3 first; the final model's result at each scale is the last rung
+    assert lines[2] == "| FID-FMNIST, guidance 3 | 40.000 | 2.000 | 1.500 |"
+    assert lines[4] == "| accuracy, guidance 3 | 0.900 | 0.900 | 0.990 |"
+    # guidance 2 has no epoch-1 rung: its cell stays empty
+    assert lines[5] == "| FID-FMNIST, guidance 2 |  | 1.800 | 1.000 |"
+    assert len(lines) == 8
+
+
+def test_ladder_epoch_is_read_off_the_snapshot_measured(tmp_path):
+    metrics = shipment(tmp_path)
+    (metrics / "ladder_epoch050_guidance2.json").rename(metrics / "ladder_rung.json")
+    assert sorted(card_tables.ladder_results(metrics, 2.0)) == [50, 100]
+    assert card_tables.ladder_guidances(metrics) == [3.0, 2.0]
 
 
 def test_ladder_not_measured_yet(tmp_path):
     metrics = shipment(tmp_path)
-    for rung in metrics.glob("ladder_epoch*.json"):
+    for rung in metrics.glob("ladder_*.json"):
         rung.unlink()
     assert card_tables.ladder_table(metrics) == "(the ladder is not measured yet)"
 

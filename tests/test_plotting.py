@@ -10,11 +10,13 @@ from PIL import Image
 from diffusion_lib.plotting import image_grid, plot_ladder, plot_training_log
 
 ORANGE = np.array([0xFF, 0x7F, 0x0E])  # matplotlib's tab:orange, the autoencoder floor's line
+GREEN = np.array([0x2C, 0xA0, 0x2C])  # tab:green, the ladder's second guidance scale
 
 
-def orange_pixels(path) -> int:
+def pixels(path, colour=ORANGE) -> int:
+    """Pixels of ``colour`` (orange unless told) in the PNG at ``path``."""
     rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
-    return int((np.abs(rgb - ORANGE).sum(-1) < 30).sum())
+    return int((np.abs(rgb - colour).sum(-1) < 30).sum())
 
 
 def test_image_grid_places_images_row_major():
@@ -29,13 +31,13 @@ def test_image_grid_places_images_row_major():
 
 
 def test_ladder_plot_draws_the_autoencoder_floor_only_when_given(tmp_path):
-    results = {e: {"fid": 40.0 / e, "accuracy": 1 - 0.5 / e} for e in (1, 2, 5, 10, 25, 50, 100)}
+    results = {3.0: {e: {"fid": 40.0 / e, "accuracy": 1 - 0.5 / e} for e in (1, 2, 5, 10, 25, 50, 100)}}
     floor = {"fid": 0.13, "accuracy": 0.96}
     plain = plot_ladder(results, floor, tmp_path / "plain.png")
     with_ae = plot_ladder(results, floor, tmp_path / "ae.png", autoencoder_floor={"fid": 0.66, "accuracy": 0.95})
     assert Image.open(plain).size == Image.open(with_ae).size == (990, 352)
-    assert orange_pixels(plain) == 0
-    assert orange_pixels(with_ae) > 200  # a dotted line across the FID panel
+    assert pixels(plain) == 0
+    assert pixels(with_ae) > 200  # a dotted line across the FID panel
 
 
 @pytest.mark.parametrize("epochs, min_orange", [(1, 1), (30, 50)])
@@ -45,4 +47,16 @@ def test_training_log_plot(tmp_path, epochs, min_orange):
                            for e in range(1, epochs + 1)))
     path = plot_training_log(log, tmp_path / "loss.png")
     assert Image.open(path).size == (990, 352)
-    assert orange_pixels(path) >= min_orange  # the throughput curve (one marker for one epoch)
+    assert pixels(path) >= min_orange  # the throughput curve (one marker for one epoch)
+
+
+def test_ladder_plot_draws_a_line_per_guidance_scale(tmp_path):
+    rungs = {e: {"fid": 40.0 / e, "accuracy": 1 - 0.5 / e} for e in (1, 10, 100)}
+    floor = {"fid": 0.13, "accuracy": 0.96}
+    one = plot_ladder({3.0: rungs}, floor, tmp_path / "one.png")
+    two = plot_ladder({3.0: rungs, 2.0: {e: {"fid": 20.0 / e, "accuracy": 0.9} for e in rungs}}, floor,
+                      tmp_path / "two.png")
+    assert pixels(one, GREEN) == 0
+    assert pixels(two, GREEN) > 200  # its line in both panels
+    with pytest.raises(ValueError, match="at most 5 guidance scales"):
+        plot_ladder({float(g): rungs for g in range(6)}, floor, tmp_path / "six.png")

@@ -76,38 +76,58 @@ def goals(metrics: Path, best: dict | None) -> str:
     return "\n".join(out)
 
 
-def ladder_results(metrics: Path) -> dict[int, dict]:
-    """``{epoch: result}`` of every measured rung (guidance 3), the final model the last of them."""
-    rungs = {int(p.stem.split("epoch")[1]): json.loads(p.read_text())["results"][0]
-             for p in metrics.glob("ladder_epoch*.json")}
+LADDER_GUIDANCE = 3.0  # the model card's ladder; other scales are measured beside it
+
+
+def ladder_results(metrics: Path, guidance: float = LADDER_GUIDANCE) -> dict[int, dict]:
+    """``{epoch: result}`` of every rung measured at ``guidance``, the final model the last of them.
+
+    A rung's epoch is read off the snapshot its file measured (``"denoiser": "denoiser_epoch010"``).
+    """
+    rungs = {}
+    for path in metrics.glob("ladder_*.json"):
+        measured = json.loads(path.read_text())
+        for r in measured["results"]:
+            if r["guidance"] == guidance:
+                rungs[int(measured["denoiser"].split("epoch")[1])] = r
     main = load(metrics, "dpmsolver++_20")
     log = metrics.parent / "train_log.jsonl"
-    final = next((r for r in main["results"] if r["guidance"] == 3.0), None) if main else None
+    final = next((r for r in main["results"] if r["guidance"] == guidance), None) if main else None
     if rungs and final and log.exists():
         # the final model is the last rung: the epoch its training log ends at
         rungs[json.loads(log.read_text().splitlines()[-1])["epoch"]] = final
     return dict(sorted(rungs.items()))
 
 
+def ladder_guidances(metrics: Path) -> list[float]:
+    """The guidance scales the ladder was measured at, the card's own first."""
+    scales = {r["guidance"] for path in metrics.glob("ladder_*.json")
+              for r in json.loads(path.read_text())["results"]}
+    return sorted(scales, key=lambda g: (g != LADDER_GUIDANCE, g))
+
+
 def ladder_table(metrics: Path) -> str:
-    rungs = ladder_results(metrics)
-    if len(rungs) < 2:
+    """One block of rows (FID, KID, accuracy) per guidance scale, the epochs as columns."""
+    ladders = {g: ladder_results(metrics, g) for g in ladder_guidances(metrics)}
+    ladders = {g: rungs for g, rungs in ladders.items() if len(rungs) >= 2}
+    if not ladders:
         return "(the ladder is not measured yet)"
-    epochs = sorted(rungs)
-    return "\n".join([
-        row(["epoch"] + epochs), row(["---"] * (len(epochs) + 1)),
-        row(["FID-FMNIST"] + [f"{rungs[e]['fid']:.3f}" for e in epochs]),
-        row(["KID"] + [f"{rungs[e]['kid']:.4f}" for e in epochs]),
-        row(["accuracy"] + [f"{rungs[e]['accuracy']:.3f}" for e in epochs]),
-    ])
+    epochs = sorted({e for rungs in ladders.values() for e in rungs})
+    lines = [row(["epoch"] + epochs), row(["---"] * (len(epochs) + 1))]
+    for g, rungs in ladders.items():
+        for name, key, digits in (("FID-FMNIST", "fid", 3), ("KID", "kid", 4), ("accuracy", "accuracy", 3)):
+            lines.append(row([f"{name}, guidance {g:g}"]
+                             + [f"{rungs[e][key]:.{digits}f}" if e in rungs else "" for e in epochs]))
+    return "\n".join(lines)
 
 
 def plot(metrics: Path, path: Path) -> None:
-    """ladder.png: FID and accuracy against epochs, with both floors of the final model's measurement."""
+    """ladder.png: FID and accuracy against epochs, a line per guidance scale, with both floors of the final model's measurement."""
     from diffusion_lib.plotting import plot_ladder
 
     main = load(metrics, "dpmsolver++_20")
-    plot_ladder(ladder_results(metrics), main["real_floor"], path, main.get("autoencoder_floor"))
+    ladders = {g: ladder_results(metrics, g) for g in ladder_guidances(metrics)}
+    plot_ladder(ladders, main["real_floor"], path, main.get("autoencoder_floor"))
     print(f"wrote {path}")
 
 
@@ -122,7 +142,7 @@ def main(argv: list[str]) -> int:
         sys.exit(f"{args.metrics} is not a folder of evaluate JSON files; run training/ship_run.sh first")
     if args.best_guidance:
         _, best = quality_table(args.metrics)
-        print(best["guidance"] if best else sys.exit(f"{args.metrics} has no dpmsolver++_20.json yet"))
+        print(f"{best['guidance']:g}" if best else sys.exit(f"{args.metrics} has no dpmsolver++_20.json yet"))
         return 0
     table, best = quality_table(args.metrics)
     print(table, "", goals(args.metrics, best), "", ladder_table(args.metrics), sep="\n")

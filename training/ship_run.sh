@@ -14,8 +14,9 @@
 # checkpoints/metrics/*.json, then prints the model card's tables from them (training/card_tables.py).
 #
 # Order: the final model at every guidance scale first, then DDPM 1000 and DDIM 50 at the guidance
-# scale of lowest FID, then the ladder. A measurement whose JSON is newer than the weights it measured
-# is kept, so an interrupted shipment is continued by running the same command again.
+# scale of lowest FID, then the ladder at guidance 3 and at that scale. A measurement whose JSON is
+# newer than the weights it measured is kept, so an interrupted shipment is continued by running the
+# same command again.
 set -euo pipefail
 
 RUN=${1:?usage: training/ship_run.sh RUN_DIR [NUM_IMAGES] [DDPM_IMAGES]}
@@ -66,10 +67,15 @@ echo "lowest FID at guidance $best"
 eval_run ddpm_1000 "$final" --num-images "$N_DDPM" --sampler ddpm --steps 1000 --guidance "$best"
 eval_run dpmsolver++_20_at_ddpm_size "$final" --num-images "$N_DDPM" --sampler dpmsolver++ --steps 20 --guidance "$best"
 eval_run ddim_50 "$final" --num-images "$N" --sampler ddim --steps 50 --guidance "$best"
+# the ladder at the card's guidance 3, and again at the guidance of lowest FID: a stronger model is
+# over-guided sooner, so the two tell different stories about what later epochs buy
 for snapshot in "$OUT"/denoiser_epoch*.safetensors; do
     rung=$(basename "$snapshot" .safetensors)
-    eval_run "ladder_${rung#denoiser_}" "$snapshot" --denoiser "$rung" --num-images "$N" --sampler dpmsolver++ \
-        --steps 20 --guidance 3
+    for w in 3 "$best"; do
+        name="ladder_${rung#denoiser_}"
+        [ "$w" = 3 ] || name="${name}_guidance$w"
+        eval_run "$name" "$snapshot" --denoiser "$rung" --num-images "$N" --sampler dpmsolver++ --steps 20 --guidance "$w"
+    done
 done
 
 # 4. the model card's tables, and the ladder plot: FID and accuracy against epochs (the final model is the last rung)
