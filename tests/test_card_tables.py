@@ -70,8 +70,9 @@ def test_ladder_ends_at_the_final_model(tmp_path):
 def test_ladder_epoch_is_read_off_the_snapshot_measured(tmp_path):
     metrics = shipment(tmp_path)
     (metrics / "ladder_epoch050_guidance2.json").rename(metrics / "ladder_rung.json")
-    assert sorted(card_tables.ladder_results(metrics, 2.0)) == [50, 100]
-    assert card_tables.ladder_guidances(metrics) == [3.0, 2.0]
+    measured = card_tables.ladders(metrics)
+    assert list(measured) == [3.0, 2.0]  # the card's guidance 3 first
+    assert sorted(measured[2.0]) == [50, 100]
 
 
 def test_ladder_not_measured_yet(tmp_path):

@@ -79,42 +79,36 @@ def goals(metrics: Path, best: dict | None) -> str:
 LADDER_GUIDANCE = 3.0  # the model card's ladder; other scales are measured beside it
 
 
-def ladder_results(metrics: Path, guidance: float = LADDER_GUIDANCE) -> dict[int, dict]:
-    """``{epoch: result}`` of every rung measured at ``guidance``, the final model the last of them.
+def ladders(metrics: Path) -> dict[float, dict[int, dict]]:
+    """``{guidance: {epoch: result}}`` of every measured rung, the final model the last rung of each scale.
 
-    A rung's epoch is read off the snapshot its file measured (``"denoiser": "denoiser_epoch010"``).
+    A rung's epoch is read off the snapshot its file measured (``"denoiser": "denoiser_epoch010"``);
+    the card's guidance 3 comes first.
     """
-    rungs = {}
+    found: dict[float, dict[int, dict]] = {}
     for path in metrics.glob("ladder_*.json"):
         measured = json.loads(path.read_text())
         for r in measured["results"]:
-            if r["guidance"] == guidance:
-                rungs[int(measured["denoiser"].split("epoch")[1])] = r
+            found.setdefault(r["guidance"], {})[int(measured["denoiser"].split("epoch")[1])] = r
     main = load(metrics, "dpmsolver++_20")
     log = metrics.parent / "train_log.jsonl"
-    final = next((r for r in main["results"] if r["guidance"] == guidance), None) if main else None
-    if rungs and final and log.exists():
+    if main and log.exists():
         # the final model is the last rung: the epoch its training log ends at
-        rungs[json.loads(log.read_text().splitlines()[-1])["epoch"]] = final
-    return dict(sorted(rungs.items()))
-
-
-def ladder_guidances(metrics: Path) -> list[float]:
-    """The guidance scales the ladder was measured at, the card's own first."""
-    scales = {r["guidance"] for path in metrics.glob("ladder_*.json")
-              for r in json.loads(path.read_text())["results"]}
-    return sorted(scales, key=lambda g: (g != LADDER_GUIDANCE, g))
+        last = json.loads(log.read_text().splitlines()[-1])["epoch"]
+        for r in main["results"]:
+            if r["guidance"] in found:
+                found[r["guidance"]][last] = r
+    return {g: dict(sorted(found[g].items())) for g in sorted(found, key=lambda g: (g != LADDER_GUIDANCE, g))}
 
 
 def ladder_table(metrics: Path) -> str:
     """One block of rows (FID, KID, accuracy) per guidance scale, the epochs as columns."""
-    ladders = {g: ladder_results(metrics, g) for g in ladder_guidances(metrics)}
-    ladders = {g: rungs for g, rungs in ladders.items() if len(rungs) >= 2}
-    if not ladders:
+    measured = {g: rungs for g, rungs in ladders(metrics).items() if len(rungs) >= 2}
+    if not measured:
         return "(the ladder is not measured yet)"
-    epochs = sorted({e for rungs in ladders.values() for e in rungs})
+    epochs = sorted({e for rungs in measured.values() for e in rungs})
     lines = [row(["epoch"] + epochs), row(["---"] * (len(epochs) + 1))]
-    for g, rungs in ladders.items():
+    for g, rungs in measured.items():
         for name, key, digits in (("FID-FMNIST", "fid", 3), ("KID", "kid", 4), ("accuracy", "accuracy", 3)):
             lines.append(row([f"{name}, guidance {g:g}"]
                              + [f"{rungs[e][key]:.{digits}f}" if e in rungs else "" for e in epochs]))
@@ -122,12 +116,12 @@ def ladder_table(metrics: Path) -> str:
 
 
 def plot(metrics: Path, path: Path) -> None:
-    """ladder.png: FID and accuracy against epochs, a line per guidance scale, with both floors of the final model's measurement."""
+    """ladder.png: FID and accuracy against epochs, a line per guidance scale, with both floors of the
+    final model's measurement."""
     from diffusion_lib.plotting import plot_ladder
 
     main = load(metrics, "dpmsolver++_20")
-    ladders = {g: ladder_results(metrics, g) for g in ladder_guidances(metrics)}
-    plot_ladder(ladders, main["real_floor"], path, main.get("autoencoder_floor"))
+    plot_ladder(ladders(metrics), main["real_floor"], path, main.get("autoencoder_floor"))
     print(f"wrote {path}")
 
 
