@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parent.parent / "training" / "card_tables.py"
 spec = importlib.util.spec_from_file_location("card_tables", SCRIPT)
 card_tables = importlib.util.module_from_spec(spec)
@@ -73,6 +75,13 @@ def test_ladder_epoch_is_read_off_the_snapshot_measured(tmp_path):
     measured = card_tables.ladders(metrics)
     assert list(measured) == [3.0, 2.0]  # the card's guidance 3 first
     assert sorted(measured[2.0]) == [50, 100]
+
+
+def test_a_ladder_file_of_the_final_model_is_refused(tmp_path):
+    metrics = shipment(tmp_path)
+    write(metrics, "ladder_epoch100", [result("dpmsolver++", 20, 3, 1.5, 0.99)], floor(0.2), denoiser="denoiser")
+    with pytest.raises(SystemExit, match="not a ladder snapshot"):
+        card_tables.ladders(metrics)
 
 
 def test_ladder_not_measured_yet(tmp_path):

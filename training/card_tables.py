@@ -85,11 +85,17 @@ def ladders(metrics: Path) -> dict[float, dict[int, dict]]:
     A rung's epoch is read off the snapshot its file measured (``"denoiser": "denoiser_epoch010"``);
     the card's guidance 3 comes first.
     """
+    from coursekit.runs import RUNG  # the snapshot names the trainer writes: denoiser_epochEEE
+
     found: dict[float, dict[int, dict]] = {}
     for path in metrics.glob("ladder_*.json"):
         measured = json.loads(path.read_text())
+        rung = RUNG.match(measured["denoiser"])
+        if rung is None:
+            sys.exit(f"{path} measured {measured['denoiser']!r}, not a ladder snapshot (denoiser_epochEEE); "
+                     "measure the rung again with training/ship_run.sh")
         for r in measured["results"]:
-            found.setdefault(r["guidance"], {})[int(measured["denoiser"].split("epoch")[1])] = r
+            found.setdefault(r["guidance"], {})[int(rung.group(1))] = r
     main = load(metrics, "dpmsolver++_20")
     log = metrics.parent / "train_log.jsonl"
     if main and log.exists():

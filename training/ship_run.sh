@@ -69,9 +69,11 @@ eval_run dpmsolver++_20_at_ddpm_size "$final" --num-images "$N_DDPM" --sampler d
 eval_run ddim_50 "$final" --num-images "$N" --sampler ddim --steps 50 --guidance "$best"
 # the ladder at the card's guidance 3, and again at the guidance of lowest FID: a stronger model is
 # over-guided sooner, so the two tell different stories about what later epochs buy
+scales=3
+[ "$best" = 3 ] || scales="3 $best"
 for snapshot in "$OUT"/denoiser_epoch*.safetensors; do
     rung=$(basename "$snapshot" .safetensors)
-    for w in 3 "$best"; do
+    for w in $scales; do
         name="ladder_${rung#denoiser_}"
         [ "$w" = 3 ] || name="${name}_guidance$w"
         eval_run "$name" "$snapshot" --denoiser "$rung" --num-images "$N" --sampler dpmsolver++ --steps 20 --guidance "$w"
