@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -130,29 +132,96 @@ Derivations that need more room go in a separate PDF.
 """
 
 
+MARKER = ".coursekit-release"  # written into every release: the list of its files
+
+
+def _protected(out: Path, notebooks_dir: Path) -> str | None:
+    """What precious folder ``out`` is or holds, if any (a release never replaces those)."""
+    out = out.resolve()
+    places = [
+        (notebooks_dir.resolve(), "the course notebooks (--notebooks)"),
+        (REPO.resolve(), "the course kit's repository"),
+        (Path.home().resolve(), "your home folder"),
+        (Path.cwd().resolve(), "the current folder"),
+    ]
+    for place, what in places:
+        if out == place or out in place.parents:
+            return f"{what}, {place}"
+    if out == Path(out.anchor) or (out / ".git").exists():
+        return "a file system root" if out == Path(out.anchor) else "a git repository"
+    return None
+
+
+def _check_replaceable(out: Path, notebooks_dir: Path) -> None:
+    """Refuse to replace anything but a student edition that ``release`` wrote and nobody added to."""
+    precious = _protected(out, notebooks_dir)
+    if precious:
+        raise ReleaseError(f"--out {out} is or holds {precious}; a release never replaces that, so nothing was "
+                           "deleted. Choose a new or empty --out folder.")
+    marker = out / MARKER
+    try:
+        written = set(json.loads(marker.read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ReleaseError(
+            f"{out} is not empty and is not a student edition written by release (no readable {MARKER} in it); "
+            "--overwrite only replaces such a folder, so nothing was deleted. Choose a new or empty --out folder."
+        ) from None
+    present = {str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir()} - {MARKER}
+    present |= {str(p.relative_to(out)) + "/" for p in out.rglob("*") if p.is_dir() and not any(p.iterdir())}
+    foreign = sorted(present - written)
+    if foreign:
+        raise ReleaseError(
+            f"{out} holds files that release did not write ({', '.join(foreign[:5])}"
+            f"{' ...' if len(foreign) > 5 else ''}); move them out first. Nothing was deleted."
+        )
+
+
 def write_release(out: str | Path, notebooks_dir: str | Path = NOTEBOOKS, overwrite: bool = False) -> list[Path]:
-    """Write the student edition of every course notebook into ``out``; returns the files written."""
-    out = Path(out)
-    sources = course_notebooks(Path(notebooks_dir))
-    if out.resolve() == Path(notebooks_dir).resolve():
+    """Write the student edition of every course notebook into ``out``; returns the files written.
+
+    ``out`` must be new or empty; with ``overwrite`` it may also be an earlier release,
+    recognised by its ``.coursekit-release`` marker and holding only the files listed
+    there. Anything else (the course notebooks, the repository, a home folder, a folder
+    with other files) is refused before anything is written. The new release is built
+    and leak-checked beside ``out`` first, so a failed release leaves the old one whole.
+    """
+    out, notebooks_dir = Path(out), Path(notebooks_dir)
+    sources = course_notebooks(notebooks_dir)
+    if out.resolve() == notebooks_dir.resolve():
         raise ReleaseError("the release must not be written over the course notebooks; choose another --out")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and not out.is_dir():
+        raise ReleaseError(f"--out {out} is a file, not a folder; choose a folder for the student edition")
+    replace = out.is_dir() and any(out.iterdir())
+    if replace:
         if not overwrite:
-            raise ReleaseError(f"{out} is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for path in sources:
-        nbformat.write(student_notebook(nbformat.read(path, as_version=4)), staging / path.name)
-    (staging / "README.md").write_text(README)
-    leaks = leaked_answer_lines(staging, sources)
-    if leaks:
-        shutil.rmtree(staging)
-        where = "; ".join(f"{f}: {line[:60]!r}" for f, line in leaks[:5])
-        raise ReleaseError(f"{len(leaks)} reference-answer line(s) would leak into the release ({where}); "
-                           "nothing was written")
-    if out.exists():
-        out.rmdir()
-    staging.rename(out)
-    return sorted(out.iterdir())
+            raise ReleaseError(f"{out} is not empty; pass --overwrite to replace an earlier release there, "
+                               "or choose a new --out folder")
+        _check_replaceable(out, notebooks_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.new-"))
+    try:
+        for path in sources:
+            nbformat.write(student_notebook(nbformat.read(path, as_version=4)), staging / path.name)
+        (staging / "README.md").write_text(README)
+        leaks = leaked_answer_lines(staging, sources)
+        if leaks:
+            where = "; ".join(f"{f}: {line[:60]!r}" for f, line in leaks[:5])
+            raise ReleaseError(f"{len(leaks)} reference-answer line(s) would leak into the release ({where}); "
+                               "nothing was written")
+        files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+        (staging / MARKER).write_text(json.dumps({"written_by": "python -m coursekit release", "files": files},
+                                                 indent=1) + "\n")
+        if replace:
+            # the old release (only files release wrote, checked above) goes once the new one is in place
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.rename(out, old / "release")
+            os.rename(staging, out)
+            shutil.rmtree(old)
+        else:
+            if out.exists():
+                out.rmdir()  # empty
+            os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return sorted(p for p in out.iterdir() if p.name != MARKER)

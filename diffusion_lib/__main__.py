@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an autoencoder already in --out (a denoiser trained on it will then refuse to load)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("train-classifier", help="train the evaluator's classifier")
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace a classifier already in --out")
     p.add_argument("--no-progress", action="store_true")
 
     from .train import add_train_arguments
@@ -105,7 +108,8 @@ def cmd_train_vae(args) -> int:
     from .train_vae import train_vae
 
     metrics = train_vae(args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                        device=resolve_device(args.device), limit=args.limit, progress=not args.no_progress)
+                        device=resolve_device(args.device), limit=args.limit, progress=not args.no_progress,
+                        overwrite=args.overwrite)
     print(json.dumps(metrics, indent=2, default=str))
     return 0
 
@@ -115,7 +119,8 @@ def cmd_train_classifier(args) -> int:
     from .evaluator import train_classifier
 
     metrics = train_classifier(args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               device=str(resolve_device(args.device)), limit=args.limit, progress=not args.no_progress)
+                               device=str(resolve_device(args.device)), limit=args.limit, progress=not args.no_progress,
+                               overwrite=args.overwrite)
     print(json.dumps(metrics, indent=2, default=str))
     return 0
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_component, load_into, save_component
+from .checkpoint import CheckpointError, load_component, load_into, save_component, sha256_file
 from .text_encoder import PromptEncoder, PromptEncoderConfig, Tokenizer
 from .unet import UNet, UNetConfig
 
@@ -172,19 +172,39 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return inner if isinstance(inner, nn.Module) else module
 
 
+AUTOENCODER_SHA256 = "autoencoder_sha256"  # key of a denoiser's JSON: the autoencoder it was trained on
+
+
 def load_denoiser(directory: Path | str, device: str | torch.device = "cpu", name: str = "denoiser") -> Denoiser:
     """Rebuild a :class:`Denoiser` from ``directory/NAME.json`` and load its weights (eval mode).
 
-    :raises CheckpointError: a missing, corrupt or mismatched file (the message names it and the fix)
+    A denoiser only works on the latents of the autoencoder it was trained on. Its JSON
+    records that autoencoder's SHA-256 (``autoencoder_sha256``, written by the trainer);
+    when ``directory`` also holds a ``vae.safetensors``, the two must agree.
+
+    :raises CheckpointError: a missing, corrupt or mismatched file, or a denoiser beside an
+        autoencoder it was not trained on (the message names the files and the fix)
     """
+    directory = Path(directory)
     tensors, config = load_component(directory, name)
-    source = Path(directory) / f"{name}.json"
+    source = directory / f"{name}.json"
+    recorded = config.pop(AUTOENCODER_SHA256, None)
     try:
         config = DenoiserConfig.from_dict(config)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(
             f"{source} is not a valid denoiser config ({err}). Restore it or retrain the model."
         ) from err
+    vae_file = directory / "vae.safetensors"
+    if recorded is not None and vae_file.is_file():
+        actual = sha256_file(vae_file)
+        if actual != recorded:
+            raise CheckpointError(
+                f"{source} was trained on the autoencoder with SHA-256 {str(recorded)[:12]}..., but {vae_file} "
+                f"beside it is another one ({actual[:12]}...): its latents mean nothing to this denoiser. Restore the "
+                f"autoencoder it was trained on, or train a denoiser on this one (python -m diffusion_lib train "
+                f"--vae-dir {directory} --out NEW_FOLDER)."
+            )
     denoiser = Denoiser(config)
-    load_into(denoiser, tensors, Path(directory) / f"{name}.safetensors")
+    load_into(denoiser, tensors, directory / f"{name}.safetensors")
     return denoiser.to(device).eval()

@@ -38,12 +38,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .autoencoder import reconstruct
-from .checkpoint import atomic_write_text, load_component, load_into, save_component
+from .checkpoint import check_output_folder, commit_files, component_files, load_component, load_into
 from .data import FASHION_MNIST_CLASSES, ImageSet, load_split, to_model_space
 from .device import resolve_device
 from .metrics import conditional_accuracy, frechet_distance, gaussian_statistics, kid_from_features
 
 COMPONENT = "classifier"
+LOG_NAME = "classifier_log.jsonl"
 
 
 @dataclass
@@ -233,25 +234,28 @@ def train_classifier(
     weight_decay: float = 5e-4,
     bn_images: int = 5000,
     flip: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train :class:`FashionClassifier` on the Fashion-MNIST training set and save it.
 
     AdamW with a one-cycle learning-rate schedule (warm up to ``lr``, then anneal
     to ~0), cross-entropy, random shifts (:func:`augment`). After each
     epoch BatchNorm statistics are recomputed on ``bn_images`` training images
-    (:func:`recalibrate_batchnorm`), the test accuracy is measured and a line appended to
-    ``out_dir/classifier_log.jsonl``; at the end ``classifier.safetensors`` and
-    ``classifier.json`` (with ``test_accuracy``) are written.
+    (:func:`recalibrate_batchnorm`) and the test accuracy is measured; at the end
+    ``classifier.safetensors``, ``classifier.json`` (with ``test_accuracy``) and
+    ``classifier_log.jsonl`` (one line per epoch) are written together.
 
     :param limit: train on the first ``limit`` training images only (quick runs)
     :param test_limit: measure accuracy on the first ``test_limit`` test images only
+    :param overwrite: replace a classifier already in ``out_dir`` (refused otherwise)
     :returns: the final metrics: test_accuracy, train_loss, epochs, seconds
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 (BatchNorm needs two examples), got {batch_size}")
     device = resolve_device(device)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output_folder(out_dir, COMPONENT, "classifier", overwrite)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     train, test = load_split("train"), load_split("test")
@@ -308,7 +312,6 @@ def train_classifier(
             "seconds": round(time.time() - start, 1),
         }
         log_lines.append(json.dumps(metrics))
-        atomic_write_text(out_dir / "classifier_log.jsonl", "\n".join(log_lines) + "\n")
         if progress:
             print(
                 f"classifier epoch {epoch}/{epochs}: loss {metrics['train_loss']:.4f} "
@@ -332,7 +335,8 @@ def train_classifier(
         "torch": torch.__version__,
     }
     model.eval()
-    save_component(out_dir, COMPONENT, model, config.to_dict())
+    commit_files(out_dir, {**component_files(COMPONENT, model, config.to_dict()),
+                           LOG_NAME: ("\n".join(log_lines) + "\n").encode()}, unlisted=(LOG_NAME,))
     return metrics
 
 

@@ -86,16 +86,14 @@ import torch.nn as nn
 from .autoencoder import load_autoencoder
 from .checkpoint import (
     CheckpointError,
-    atomic_write_bytes,
-    atomic_write_text,
+    commit_files,
+    component_files,
     load_component,
     load_into,
-    save_component,
     sha256_file,
-    update_checksums,
 )
 from .data import DATASETS, FASHION_MNIST_CLASSES, MNIST_CLASSES, load_split, to_model_space
-from .denoiser import PREDICTION_TYPES, Denoiser, DenoiserConfig, default_denoiser_config
+from .denoiser import AUTOENCODER_SHA256, PREDICTION_TYPES, Denoiser, DenoiserConfig, default_denoiser_config
 from .device import default_channels_last, resolve_device
 from .schedules import NoiseSchedule, resolve_schedule_name
 from .text_encoder import PROMPT_TEMPLATES, Tokenizer
@@ -470,21 +468,18 @@ def _config_differences(saved: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def _copy_component(src: Path, dst: Path, name: str) -> None:
-    """Copy NAME.safetensors + NAME.json byte for byte (checked, atomic, recorded in SHA256SUMS).
+    """Copy NAME.safetensors + NAME.json byte for byte (checked, and saved as one unit with SHA256SUMS).
 
     The run's folder carries its own autoencoder, so ``Pipeline.from_pretrained(out_dir)``
     needs nothing else, and the copy keeps the SHA-256 the run recorded.
     """
     load_component(src, name)  # verifies the source against its SHA256SUMS
-    files = [f"{name}.safetensors", f"{name}.json"]
-    for file in files:
-        atomic_write_bytes(dst / file, (src / file).read_bytes())
-    update_checksums(dst, files)
+    commit_files(dst, {file: (src / file).read_bytes() for file in (f"{name}.safetensors", f"{name}.json")})
 
 
-def _write_log(out_dir: Path, history: list[dict]) -> None:
-    """Rewrite ``train_log.jsonl`` (atomically) from the history of complete epochs."""
-    atomic_write_text(out_dir / LOG_FILE, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
+def _log_bytes(history: list[dict]) -> bytes:
+    """``train_log.jsonl``: one JSON line per complete epoch."""
+    return "".join(json.dumps(h, sort_keys=True) + "\n" for h in history).encode()
 
 
 # -------------------------------------------------------------------------------- training
@@ -817,13 +812,16 @@ class Trainer:
 
     # --------------------------------------------------------------------------- saving
     def save(self) -> None:
-        """Write this epoch's files. The training state goes last, so a crash in between
-        only makes ``--resume`` repeat this epoch."""
+        """Write this epoch's files as ONE unit (:func:`~diffusion_lib.checkpoint.commit_files`):
+        a crash at any moment leaves the previous epoch's files or this epoch's, all of them
+        matching ``SHA256SUMS``, never a mix."""
         out, model_config = self.out_dir, self.model_config.to_dict()
+        denoiser_json = {**model_config, AUTOENCODER_SHA256: self.vae_sha}
+        files = {}
         if self.epoch in self.config.snapshot_epochs:
             name = f"{DENOISER}_epoch{self.epoch:03d}"
-            save_component(out, name, self.ema.shadow, model_config, dtype=torch.float16)
-        save_component(out, DENOISER, self.ema.shadow, model_config)
+            files.update(component_files(name, self.ema.shadow, denoiser_json, dtype=torch.float16))
+        files.update(component_files(DENOISER, self.ema.shadow, denoiser_json))
         tensors, scalars = state_tensors(self.model, self.ema, self.optimizer, self.generator, self.device)
         meta = {
             "format": STATE_FORMAT,
@@ -837,8 +835,15 @@ class Trainer:
             "history": self.history,
             "torch_version": torch.__version__,
         }
-        save_component(out, STATE, tensors, meta)
-        _write_log(out, self.history)
+        files.update(component_files(STATE, tensors, meta))
+        files[LOG_FILE] = _log_bytes(self.history)
+        try:
+            commit_files(out, files, unlisted=(LOG_FILE,))
+        except OSError as err:
+            kept = (f"the checkpoint of epoch {self.saved_epoch} was kept; free space (or fix the folder), then "
+                    f"continue with --resume" if self.saved_epoch else "no epoch had been saved yet")
+            raise TrainingError(f"could not write the checkpoint of epoch {self.epoch} to {out} ({err}); "
+                                f"{kept}.") from err
         self.saved_epoch = self.epoch
 
 
@@ -945,7 +950,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         path = Path(args.denoiser_config)
         if not path.is_file():
             raise TrainingError(f"--denoiser-config {path}: no such file")
-        denoiser = json.loads(path.read_text())
+        try:
+            denoiser = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise TrainingError(f"--denoiser-config {path} cannot be read as JSON ({err})") from err
+        if not isinstance(denoiser, dict):
+            raise TrainingError(f"--denoiser-config {path} must hold a JSON object of settings")
+        denoiser.pop(AUTOENCODER_SHA256, None)  # a checkpoint's denoiser.json works as a config too
     given = {name: getattr(args, name) for name in RUN_SETTINGS if getattr(args, name) is not None}
     if "snapshot_epochs" in given:
         given["snapshot_epochs"] = tuple(int(e) for e in str(given["snapshot_epochs"]).split(",") if e.strip())

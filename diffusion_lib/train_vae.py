@@ -48,7 +48,7 @@ from .autoencoder import (
     reconstruction_psnr,
     vae_loss,
 )
-from .checkpoint import atomic_write_text, save_component
+from .checkpoint import check_output_folder, commit_files, component_files
 from .data import load_split
 
 LOG_NAME = "vae_log.jsonl"
@@ -71,12 +71,6 @@ def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return low + (peak - low) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _append_log(path: Path, record: dict) -> None:
-    # rewrite the whole (small) file atomically so an interrupt never leaves half a line
-    old = path.read_text() if path.is_file() else ""
-    atomic_write_text(path, old + json.dumps(record) + "\n")
-
-
 def train_vae(
     out_dir: Path | str,
     epochs: int = 3,
@@ -93,6 +87,7 @@ def train_vae(
     loss: str = "l2",
     weight_decay: float = 1e-4,
     test_images: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Train an :class:`AutoencoderKL` and save it as component ``vae`` in ``out_dir``.
 
@@ -108,6 +103,8 @@ def train_vae(
     :param loss: reconstruction loss, ``"l1"`` or ``"l2"``
     :param test_images: measure the final PSNR on the first ``test_images`` test
         images (default: all 10,000; quick runs and tests use fewer)
+    :param overwrite: replace an autoencoder already in ``out_dir`` (refused otherwise:
+        a denoiser trained on it would no longer load beside the new one)
     :returns: metrics: ``loss``, ``rec_loss``, ``kl`` (last epoch means), ``test_psnr``
         (dB, 28x28 crop, test split), ``scale_factor``, ``epochs``,
         ``images_per_s``, ``wall_s``, ``num_params``, ``device``
@@ -118,8 +115,7 @@ def train_vae(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output_folder(out_dir, COMPONENT, "autoencoder", overwrite)
     device = torch.device(device)
     start = time.perf_counter()
 
@@ -149,9 +145,7 @@ def train_vae(
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
     warmup = max(1, min(200, total_steps // 10))
-    log_path = out_dir / LOG_NAME
-    if log_path.exists():
-        log_path.unlink()  # a fresh run starts a fresh log
+    log_lines: list[str] = []  # a fresh run starts a fresh log
 
     step, record = 0, {}
     for epoch in range(1, epochs + 1):
@@ -184,7 +178,6 @@ def train_vae(
         last = epoch == epochs
         psnr = reconstruction_psnr(vae, test if last else test.subset(EPOCH_PSNR_SAMPLE))
         vae.train()
-        save_component(out_dir, COMPONENT, vae, vae.config.to_dict())
 
         record = {
             "epoch": epoch,
@@ -199,7 +192,10 @@ def train_vae(
             "test_psnr": psnr,
             "test_psnr_images": len(test) if last else min(EPOCH_PSNR_SAMPLE, len(test)),
         }
-        _append_log(log_path, record)
+        log_lines.append(json.dumps(record) + "\n")
+        # the weights, their config and the log of this epoch, as one unit (never a log ahead of its weights)
+        commit_files(out_dir, {**component_files(COMPONENT, vae, vae.config.to_dict()),
+                               LOG_NAME: "".join(log_lines).encode()}, unlisted=(LOG_NAME,))
         if progress:
             tqdm.write(
                 f"vae epoch {epoch}/{epochs}: loss {mean_loss:.4f} rec {mean_rec:.4f} kl {mean_kl:.1f} "
