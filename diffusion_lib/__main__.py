@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=8, help="images per prompt (per class with --all-classes)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (0 = unconditional)")
     p.add_argument("--out", required=True, help="FILE.png (a grid, one row per prompt) or FILE.npz (images, labels)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--max-hours", type=float, default=1.0,
+                   help="refuse a job estimated to take longer than this (default 1 hour)")
 
     p = sub.add_parser("evaluate", help="measure sample quality against the test set")
     _add_common_sampling(p)
@@ -135,27 +138,41 @@ def _class_prompts(pipe) -> list[str]:
     return list(pipe.class_names)
 
 
+def check_sampling_args(args) -> None:
+    """The sampling options, checked (with the names the user typed) before anything is loaded."""
+    from . import checks
+
+    checks.integer("--steps", args.steps, 1)
+    checks.integer("--num-images", args.num_images, 1)
+    checks.integer("--batch-size", args.batch_size, 1)
+    checks.seed("--seed", args.seed)
+    checks.eta("--eta", args.eta)
+    for g in args.guidance if isinstance(args.guidance, list) else [args.guidance]:
+        checks.guidance_scale("--guidance", g)
+
+
 def cmd_sample(args) -> int:
     from .pipeline import Pipeline
+    from .sampling_job import check_output, check_plan, plan_job, run_job
 
-    out = Path(args.out)
-    if out.suffix not in (".png", ".npz"):
-        raise ValueError(f"--out must end in .png or .npz, got {out.name!r}")
+    out = check_output(Path(args.out), args.overwrite)
+    check_sampling_args(args)
+    if args.max_hours <= 0:
+        raise ValueError(f"--max-hours must be > 0, got {args.max_hours}")
     pipe = Pipeline.from_pretrained(args.checkpoint, args.device, args.denoiser)
     prompts = _class_prompts(pipe) if args.all_classes else args.prompt
-    result = pipe(prompts, num_images=args.num_images, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                  sampler=args.sampler, seed=args.seed, eta=args.eta, timestep_spacing=args.spacing,
-                  progress=not args.no_progress, batch_size=args.batch_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npz":
-        import numpy as np
-
-        np.savez_compressed(out, images=result.images.numpy(), labels=result.labels.numpy())
-    else:
-        from .plotting import save_image_grid
-
-        save_image_grid(result.images, out, nrow=args.num_images)
-    print(f"wrote {len(result.images)} images to {out}")
+    pipe.check_request(prompts, num_images=args.num_images, num_inference_steps=args.steps, sampler=args.sampler,
+                       guidance_scale=args.guidance, eta=args.eta, timestep_spacing=args.spacing)
+    png = out.suffix.lower() == ".png"
+    plan = plan_job(pipe, len(prompts) * args.num_images, args.batch_size, args.steps, args.sampler,
+                    args.guidance not in (0, 1), png)
+    check_plan(plan, args.max_hours, png)
+    if plan.batches > 1 and not args.no_progress:
+        print(plan.describe(), file=sys.stderr)
+    written = run_job(pipe, prompts, args.num_images, out, batch_size=args.batch_size, progress=not args.no_progress,
+                      num_inference_steps=args.steps, guidance_scale=args.guidance, sampler=args.sampler,
+                      seed=args.seed, eta=args.eta, timestep_spacing=args.spacing)
+    print(f"wrote {written} images to {out}")
     return 0
 
 

@@ -202,8 +202,9 @@ def recover(directory: Path | str) -> str | None:
     :raises CheckpointError: the folder holds an interrupted save but cannot be written
     """
     directory = Path(directory)
-    if not (directory / JOURNAL).exists() and not _staged_files(directory) \
-            and not (directory / (JOURNAL + STAGED_SUFFIX)).exists():
+    # a lock file left by a killed writer is taken (waiting, if its writer is alive) and removed
+    traces = [directory / JOURNAL, directory / (JOURNAL + STAGED_SUFFIX), directory / LOCK]
+    if not any(p.exists() for p in traces) and not _staged_files(directory):
         return None
     try:
         with folder_lock(directory):

@@ -23,6 +23,8 @@ from typing import Callable
 
 import torch
 
+from . import checks
+
 ConditionalModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -42,8 +44,8 @@ def classifier_free_guidance(
     :param uncond: the null condition, (B, ...) or (1, ...) (broadcast over the batch)
     :param guidance_scale: w; 0 = unconditional, 1 = conditional, > 1 = guided
     """
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0 (0 = unconditional, 1 = conditional), got {guidance_scale}")
+    # a finite w in [0, 50]: 0 = unconditional, 1 = conditional
+    guidance_scale = checks.guidance_scale("guidance_scale", guidance_scale)
     if uncond.shape[0] == 1 and cond.shape[0] != 1:
         uncond = uncond.expand(cond.shape[0], *uncond.shape[1:])
 

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
+from . import checks
 from .autoencoder import AutoencoderKL, load_autoencoder
 from .data import to_pixels
 from .denoiser import Denoiser, load_denoiser
 from .device import resolve_device
 from .guidance import classifier_free_guidance
-from .samplers import Trajectory, resolve_sampler_name, sample
+from .samplers import SAMPLERS, Trajectory, inference_timesteps, resolve_sampler_name, sample
 from .schedules import NoiseSchedule
 
 
@@ -88,6 +89,36 @@ class Pipeline:
         # x = D(z / scale_factor): undo the unit-variance scaling before decoding
         return self.vae.decode(latents.to(self.device) / self.vae.config.scale_factor)
 
+    def check_request(self, prompt, num_images=1, num_inference_steps=20, sampler="dpmsolver++",
+                      guidance_scale=3.0, eta=0.0, timestep_spacing="trailing") -> list[str]:
+        """Check the arguments of :meth:`__call__` before any work; returns the prompts as a list.
+
+        :raises TypeError: an argument of the wrong type (naming it and the type expected)
+        :raises ValueError: a value out of range, an unknown name or prompt (naming the valid ones)
+        """
+        if isinstance(prompt, str):
+            prompts = [prompt]
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
+            prompts = list(prompt)
+        else:
+            raise TypeError(f"prompt must be a string or a list of strings, got {prompt!r:.60} "
+                            f"({type(prompt).__name__})")
+        if not prompts:
+            raise ValueError("no prompt given: pass a prompt such as 'a photo of a sneaker' (or '' for unconditional)")
+        checks.integer("num_images", num_images, 1)
+        checks.guidance_scale("guidance_scale", guidance_scale)
+        checks.eta("eta", eta)
+        if not isinstance(sampler, str):
+            raise TypeError(f"sampler must be a string, one of {', '.join(SAMPLERS)}; got {sampler!r}")
+        sampler = resolve_sampler_name(sampler)
+        if eta != 0 and sampler != "ddim":
+            raise ValueError(f"eta={eta} only applies to the ddim sampler, not {sampler!r}")
+        # raises for N < 1, N > T or an unknown spacing, naming the valid values
+        inference_timesteps(self.schedule.num_train_timesteps, num_inference_steps, timestep_spacing)
+        # every prompt before any work (an unknown prompt lists the class names)
+        self.denoiser.tokenizer.encode(prompts)
+        return prompts
+
     @torch.no_grad()
     def __call__(
         self,
@@ -114,20 +145,19 @@ class Pipeline:
         :param batch_size: images per sampler call (bounds memory; results do not depend on it
             except through the order in which noise is drawn)
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("no prompt given: pass a prompt such as 'a photo of a sneaker' (or '' for unconditional)")
-        if num_images < 1:
-            raise ValueError(f"num_images must be >= 1, got {num_images}")
-        sampler = resolve_sampler_name(sampler)
+        prompts = self.check_request(prompt, num_images, num_inference_steps, sampler, guidance_scale, eta,
+                                     timestep_spacing)
+        batch_size = checks.integer("batch_size", batch_size, 1)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         tokenizer = self.denoiser.tokenizer
-        # validate every prompt before any work (an unknown prompt lists the class names)
-        tokenizer.encode(prompts)
-        labels = [-1 if p.strip() == "" else tokenizer.class_index(p) for p in prompts]
+        # a prompt without words ("", "!!!") is the unconditional prompt: label -1
+        labels = [-1 if (index := tokenizer.class_index(p)) is None else index for p in prompts]
         all_prompts = [p for p in prompts for _ in range(num_images)]
         all_labels = torch.tensor([lab for lab in labels for _ in range(num_images)], dtype=torch.long)
         if generator is None:
-            generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**63)
+            seed = checks.seed("seed", seed) if seed is not None else torch.seed() % 2**63
+            generator = torch.Generator().manual_seed(seed)
 
         latents, trajectories = [], []
         for start in range(0, len(all_prompts), batch_size):

@@ -28,13 +28,23 @@ def image_grid(images: torch.Tensor, nrow: int, pad: int = 2, upscale: int = 1) 
     return grid
 
 
-def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int, upscale: int = 2) -> Path:
-    """Write a PNG grid of uint8 images (N, 28, 28), ``nrow`` per row."""
+def encode_png(array: np.ndarray) -> bytes:
+    """The PNG file of a uint8 image array (H, W)."""
+    import io
+
     from PIL import Image
 
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int, upscale: int = 2) -> Path:
+    """Write a PNG grid of uint8 images (N, 28, 28), ``nrow`` per row (atomically: the old file or the new one)."""
+    from .checkpoint import atomic_write_bytes
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_grid(images, nrow, upscale=upscale)).save(path)
+    atomic_write_bytes(path, encode_png(image_grid(images, nrow, upscale=upscale)))
     return path
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import checks
 from .schedules import NoiseSchedule, check_prediction_type
 
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
@@ -219,6 +220,27 @@ class Trajectory:
     x0_pred: list[torch.Tensor] = field(default_factory=list)
 
 
+class SamplingError(RuntimeError):
+    """The model handed to a sampler returned something a sampler cannot use."""
+
+
+def _check_model_output(out, x: torch.Tensor, i: int, n: int, t: int) -> None:
+    """Stop at the first step whose model output is not a finite tensor shaped like x_t.
+
+    A NaN or infinity would otherwise flow through every later step and decode to
+    black images; a wrong shape would be broadcast silently or fail deep in a step.
+    """
+    where = f"at step {i + 1} of {n} (t={t})"
+    if not isinstance(out, torch.Tensor):
+        raise SamplingError(f"model_fn returned {type(out).__name__} {where}; it must return a tensor shaped like x_t")
+    if out.shape != x.shape:
+        raise SamplingError(f"model_fn returned shape {tuple(out.shape)} {where}, but x_t has shape "
+                            f"{tuple(x.shape)}; the output must have the shape of its input")
+    if not torch.isfinite(out).all():
+        raise SamplingError(f"model_fn returned NaN or infinite values {where}; the sample would be garbage. Check "
+                            "the model's weights (a diverged training run?) and the guidance scale.")
+
+
 def sample(
     model_fn: ModelFn,
     shape: tuple[int, ...],
@@ -249,8 +271,7 @@ def sample(
     """
     sampler = resolve_sampler_name(sampler)
     check_prediction_type(prediction_type)
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
+    eta = checks.eta("eta", eta)
     if eta != 0 and sampler != "ddim":
         raise ValueError(f"eta={eta} only applies to the ddim sampler, not {sampler!r}")
     if schedule.alphas_cumprod[-1] == 0 and prediction_type == "epsilon":
@@ -270,6 +291,7 @@ def sample(
         t_batch = torch.full((shape[0],), t, dtype=torch.long, device=device)
         with torch.no_grad():
             out = model_fn(x, t_batch)
+        _check_model_output(out, x, i, len(timesteps), t)
         if trajectory is not None:
             trajectory.timesteps.append(t)
             trajectory.x.append(x.detach().cpu())

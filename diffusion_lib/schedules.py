@@ -43,6 +43,8 @@ from typing import Any
 
 import torch
 
+from . import checks
+
 SCHEDULE_NAMES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 ALIASES = {"cosine": "squaredcos_cap_v2"}
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -126,8 +128,12 @@ class NoiseSchedule:
         if not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
         default_start, default_end = DEFAULT_BETA_RANGE[self.name]
-        self.beta_start = default_start if beta_start is None else float(beta_start)
-        self.beta_end = default_end if beta_end is None else float(beta_end)
+        # 0 < beta_start <= beta_end < 1: each step keeps some signal (alpha_t = 1 - beta_t > 0)
+        self.beta_start = default_start if beta_start is None else checks.real("beta_start", beta_start, 0.0, 1.0)
+        self.beta_end = default_end if beta_end is None else checks.real("beta_end", beta_end, 0.0, 1.0)
+        if self.name != "squaredcos_cap_v2" and not 0 < self.beta_start <= self.beta_end < 1:
+            raise ValueError(f"the betas must satisfy 0 < beta_start <= beta_end < 1, got beta_start="
+                             f"{self.beta_start:g}, beta_end={self.beta_end:g}")
         self.num_train_timesteps = T = num_train_timesteps
         self.rescale_zero_terminal_snr = bool(rescale_zero_terminal_snr)
 

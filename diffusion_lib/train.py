@@ -90,6 +90,7 @@ from .checkpoint import (
     component_files,
     load_component,
     load_into,
+    recover,
     sha256_file,
 )
 from .data import DATASETS, FASHION_MNIST_CLASSES, MNIST_CLASSES, load_split, to_model_space
@@ -103,6 +104,8 @@ DENOISER = "denoiser"  # component name of the EMA weights the pipeline loads
 VAE = "vae"
 LOG_FILE = "train_log.jsonl"
 STATE_FORMAT = 1
+# what train_state.json must hold for --resume
+STATE_KEYS = ("epoch", "step", "denoiser_config", "train_config", "vae_sha256", "history")
 CLASS_NAMES = {"fashion-mnist": FASHION_MNIST_CLASSES, "mnist": MNIST_CLASSES}
 MODEL_OPTIONS = ("denoiser", "unet", "prompt", "prediction_type", "schedule", "rescale_zero_terminal_snr")
 
@@ -515,6 +518,10 @@ class Trainer:
         self.config = config
         self.dist = dist or _Distributed()
         self.out_dir, self.vae_dir = Path(config.out_dir), Path(config.vae_dir)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise TrainingError(f"--out {self.out_dir} is a file, not a folder; choose a folder for the run")
+        if self.out_dir.is_dir() and self.dist.is_main:
+            recover(self.out_dir)  # a save that a crash interrupted is finished or undone first
         try:
             self.device = resolve_device(config.device, self.dist.local_rank)
         except ValueError as err:
@@ -592,8 +599,16 @@ class Trainer:
                 f"finished). Start a fresh run by leaving out --resume (resume=False)."
             )
         tensors, meta = load_component(self.out_dir, STATE)
+        meta_file = self.out_dir / f"{STATE}.json"
         if meta.get("format") != STATE_FORMAT:
-            raise TrainingError(f"{self.out_dir / (STATE + '.json')} has an unknown format; start a fresh run.")
+            raise TrainingError(f"{meta_file} has an unknown format; start a fresh run.")
+        missing = [key for key in STATE_KEYS if key not in meta]
+        if missing or "rng.torch_cpu" not in tensors:
+            raise TrainingError(
+                f"{meta_file} lacks {', '.join(missing) or 'the random-number state'}, which resuming needs: the "
+                f"run's training state is incomplete. Restore the run folder as it was saved, or start a fresh run "
+                f"(--overwrite, or another --out folder)."
+            )
         return tensors, meta
 
     def _run_vae(self, recorded_sha: str) -> Path:

@@ -81,4 +81,4 @@ def test_clear_errors(run_dir, tmp_path):
     assert proc.returncode == 1 and "missing" in proc.stderr
     proc = cli("sample", "--checkpoint", str(run_dir), "--prompt", "bag", "--steps", "0", "--out",
                str(tmp_path / "x.png"), check=False)
-    assert proc.returncode == 1 and "num_inference_steps" in proc.stderr
+    assert proc.returncode == 1 and "--steps must be an integer >= 1" in proc.stderr

@@ -56,7 +56,7 @@ def test_impossible_step_counts(bad):
 def test_bad_settings_say_what_is_valid():
     with pytest.raises(ValueError, match="ddpm, ddim, dpmsolver"):
         sample(lambda x, t: x, (2, 1), schedule(), sampler="euler", progress=False)
-    with pytest.raises(ValueError, match="eta must be >= 0"):
+    with pytest.raises(ValueError, match=r"eta must be a finite number in \[0, 1\]"):
         sample(lambda x, t: x, (2, 1), schedule(), sampler="ddim", eta=-0.5, progress=False)
     with pytest.raises(ValueError, match="leading, trailing, linspace"):
         sample(lambda x, t: x, (2, 1), schedule(), timestep_spacing="sideways", progress=False)

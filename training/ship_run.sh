@@ -47,7 +47,7 @@ ship "$RUN"/denoiser_epoch*.json "$RUN"/denoiser_epoch*.safetensors
 "$PY" -c "from diffusion_lib.plotting import plot_training_log; plot_training_log('$OUT/train_log.jsonl', '$OUT/loss_curve.png')"
 samples="$OUT/samples_epoch$(printf %03d "$epochs").png"
 rm -f $(ls "$OUT"/samples_epoch*.png 2>/dev/null | grep -vx "$samples")
-[ "$samples" -nt "$OUT/denoiser.safetensors" ] || "$PY" -m diffusion_lib sample --checkpoint "$OUT" --all-classes \
+[ "$samples" -nt "$OUT/denoiser.safetensors" ] || "$PY" -m diffusion_lib sample --overwrite --checkpoint "$OUT" --all-classes \
     --num-images 10 --steps 20 --guidance 3 --seed 0 --out "$samples" --no-progress
 
 # 3. quality: every sampler and guidance scale the card lists, the floors beside them
