@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, nargs="+", default=[3.0], help="one or more guidance scales")
     p.add_argument("--evaluator", default=None, help="folder with classifier.safetensors (default: --checkpoint, else checkpoints)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     p.add_argument("--autoencoder-floor", action="store_true",
                    help="also measure the autoencoder's reconstructions of the real-data images (the floor latent "
                         "diffusion cannot beat)")
@@ -151,6 +152,15 @@ def check_sampling_args(args) -> None:
         checks.guidance_scale("--guidance", g)
 
 
+def check_json_output(path: Path, overwrite: bool) -> None:
+    """An output file that can be written and replaces nothing unasked, checked before the work."""
+    from .sampling_job import check_writable
+
+    if path.suffix.lower() != ".json":
+        raise ValueError(f"--json must name a .json file, got {path.name!r}")
+    check_writable(path, overwrite, "--json")
+
+
 def cmd_sample(args) -> int:
     from .pipeline import Pipeline
     from .sampling_job import check_output, check_plan, plan_job, run_job
@@ -206,6 +216,9 @@ def cmd_evaluate(args) -> int:
     from .evaluator import Evaluator
     from .pipeline import Pipeline
 
+    check_sampling_args(args)
+    if args.json:
+        check_json_output(Path(args.json), args.overwrite)
     pipe = Pipeline.from_pretrained(args.checkpoint, args.device, args.denoiser)
     ev_dir = args.evaluator or (args.checkpoint if (Path(args.checkpoint) / "classifier.safetensors").exists() else "checkpoints")
     evaluator = Evaluator.from_pretrained(ev_dir, device=str(pipe.device))

@@ -5,7 +5,9 @@ LeCun et al. (MNIST): ``train-images-idx3-ubyte.gz`` and friends. They are
 looked for, in order, in
 
 1. ``$DIFFUSION_DATA`` (a folder holding the four ``*-idx?-ubyte[.gz]`` files,
-   or torchvision's ``<root>/FashionMNIST/raw`` layout below it);
+   or torchvision's ``<root>/FashionMNIST/raw`` layout below it). When it is set it
+   is the only place looked in: set but empty, missing or corrupt is an error that
+   names it, never a silent fall back to another copy;
 2. Debian's package ``dataset-fashion-mnist`` at
    ``/usr/share/datasets/fashion-mnist/``;
 3. torchvision's download (``download=True``) into ``~/.cache/diffusion_lib``,
@@ -101,8 +103,11 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
 def _read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a numpy array."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:  # a truncated or damaged .gz, an unreadable file
+        raise ValueError(f"{path} cannot be read ({err}): the file is truncated or corrupt; fetch it again") from err
     # header: two zero bytes, a type code (0x08 = uint8), the number of dimensions
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes (corrupt or wrong file?)")
@@ -115,6 +120,9 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
+DATA_VARIABLE = "DIFFUSION_DATA"  # a folder with the IDX files; when set, the only place looked in
+
+
 def _find_file(folder: Path, stem: str) -> Path | None:
     for candidate in (folder / f"{stem}.gz", folder / stem):
         if candidate.is_file():
@@ -124,12 +132,12 @@ def _find_file(folder: Path, stem: str) -> Path | None:
 
 def _candidate_folders(dataset: str) -> list[Path]:
     """Folders to look in, in priority order (see module docstring)."""
-    folders = []
-    env = os.environ.get("DIFFUSION_DATA")
-    if env:
+    env = os.environ.get(DATA_VARIABLE)
+    if env is not None:
+        # set, it is the only place to look: a wrong value is an error, never a silent fallback
         root = Path(env).expanduser()
-        folders += [root, root / dataset, root / TORCHVISION_FOLDERS[dataset] / "raw"]
-    folders.append(DEBIAN_PATHS[dataset])
+        return [root, root / dataset, root / TORCHVISION_FOLDERS[dataset] / "raw"]
+    folders = [DEBIAN_PATHS[dataset]]
     folders.append(default_download_root() / TORCHVISION_FOLDERS[dataset] / "raw")
     return folders
 
@@ -139,18 +147,31 @@ def default_download_root() -> Path:
 
 
 def how_to_get_data(dataset: str = "fashion-mnist") -> str:
-    """The message shown when no data is found: every way to fix it."""
+    """The message shown when no data is found: what is wrong, and every way to fix it."""
+    files = ("train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+             "t10k-labels-idx1-ubyte.gz")
+    debian = "  * on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist\n" if dataset == "fashion-mnist" else ""
+    download = "  * with internet access: pass download=True to load_split and torchvision fetches it"
+    env = os.environ.get(DATA_VARIABLE)
+    if env is not None:
+        if not env.strip():
+            problem = f"{DATA_VARIABLE} is set but empty."
+        elif not Path(env).expanduser().exists():
+            problem = f"{DATA_VARIABLE}={env} does not exist."
+        else:
+            problem = (f"{DATA_VARIABLE}={env} holds no {dataset} IDX files (looked in "
+                       f"{', '.join(str(p) for p in _candidate_folders(dataset))}).")
+        apt = " (on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist)" if debian else ""
+        return (f"{problem} When {DATA_VARIABLE} is set, no other place is looked in.\nFix it in one of these ways:\n"
+                f"  * put {files} in the folder {DATA_VARIABLE} names\n"
+                f"  * unset {DATA_VARIABLE} to use {DEBIAN_PATHS[dataset]}{apt}\n"
+                f"  * with internet access: unset {DATA_VARIABLE} and pass download=True to load_split")
     return (
         f"{dataset} not found. Looked in: {', '.join(str(p) for p in _candidate_folders(dataset))}.\n"
         "Fix it in one of these ways:\n"
-        + (
-            "  * on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist\n"
-            if dataset == "fashion-mnist"
-            else ""
-        )
-        + "  * point DIFFUSION_DATA at a folder holding train-images-idx3-ubyte.gz, "
-        "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz\n"
-        "  * with internet access: pass download=True (CLI: --download) and torchvision fetches it"
+        + debian
+        + f"  * point {DATA_VARIABLE} at a folder holding {files}\n"
+        + download
     )
 
 
@@ -181,14 +202,19 @@ def load_split(split: str = "train", dataset: str = "fashion-mnist", download: b
         for folder in _candidate_folders(dataset):
             files = [_find_file(folder, s) for s in stems]
             if all(files):
-                images, labels = (_read_idx(f) for f in files)
-                if images.shape[0] != labels.shape[0]:
-                    raise ValueError(f"{files[0]} and {files[1]} disagree on the number of examples")
+                try:
+                    images, labels = (_read_idx(f) for f in files)
+                    if images.shape[0] != labels.shape[0]:
+                        raise ValueError(f"{files[0]} and {files[1]} disagree on the number of examples")
+                except ValueError as err:
+                    if os.environ.get(DATA_VARIABLE) is not None:
+                        raise ValueError(f"{err} (found through {DATA_VARIABLE}={os.environ[DATA_VARIABLE]})") from err
+                    raise
                 names = FASHION_MNIST_CLASSES if dataset == "fashion-mnist" else MNIST_CLASSES
                 return ImageSet(
                     torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)), names
                 )
-        if attempt == 0 and download:
+        if attempt == 0 and download and os.environ.get(DATA_VARIABLE) is None:
             _download(dataset)
         else:
             break

@@ -39,22 +39,27 @@ class JobError(ValueError):
     """A sampling job that cannot or should not run as asked."""
 
 
-def check_output(out: Path, overwrite: bool) -> Path:
-    """Refuse an output path that cannot be written, before any work (see the module docstring)."""
-    if out.suffix.lower() not in SUFFIXES:
-        raise JobError(f"--out must end in .png (a grid) or .npz (arrays), got {out.name!r}")
+def check_writable(out: Path, overwrite: bool, option: str = "--out") -> Path:
+    """Refuse a file path that is a folder, exists (unless ``overwrite``) or cannot be created."""
     if out.is_dir():
-        raise JobError(f"--out {out} is a folder; give a file name such as {out / ('samples' + out.suffix)}")
+        raise JobError(f"{option} {out} is a folder; give a file name such as {out / ('results' + out.suffix)}")
     if out.exists() and not overwrite:
-        raise JobError(f"--out {out} already exists; pass --overwrite to replace it, or choose another name")
+        raise JobError(f"{option} {out} already exists; pass --overwrite to replace it, or choose another name")
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise JobError(f"--out {out} cannot be created: {parent} is a file, not a folder")
+        raise JobError(f"{option} {out} cannot be created: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise JobError(f"--out {out} cannot be written: no permission to write in {parent}")
+        raise JobError(f"{option} {out} cannot be written: no permission to write in {parent}")
     return out
+
+
+def check_output(out: Path, overwrite: bool) -> Path:
+    """Refuse an output path that cannot be written, before any work (see the module docstring)."""
+    if out.suffix.lower() not in SUFFIXES:
+        raise JobError(f"--out must end in .png (a grid) or .npz (arrays), got {out.name!r}")
+    return check_writable(out, overwrite)
 
 
 @dataclass

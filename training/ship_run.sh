@@ -56,7 +56,7 @@ eval_run() {  # NAME WEIGHTS, then evaluate's options; skipped when NAME's JSON 
     shift 2
     local json="$OUT/metrics/$name.json"
     if [ "$json" -nt "$weights" ]; then echo "kept $json"; return; fi
-    "$PY" -m diffusion_lib evaluate --checkpoint "$OUT" --seed 0 --no-progress --json "$json" "$@"
+    "$PY" -m diffusion_lib evaluate --overwrite --checkpoint "$OUT" --seed 0 --no-progress --json "$json" "$@"
 }
 final="$OUT/denoiser.safetensors"
 eval_run dpmsolver++_20 "$final" --num-images "$N" --sampler dpmsolver++ --steps 20 --guidance 0 1 2 3 5 \
