@@ -13,6 +13,7 @@ failing twenty cells later with a shape error.
 
 from __future__ import annotations
 
+import ast
 import numbers
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
@@ -101,14 +102,65 @@ def set_cpu_threads(quick: bool) -> int:
     return torch.get_num_threads()
 
 
+DECLARED_HEADER = "# Parameters ("  # the first line of every course notebook's parameters cell
+INJECTED_HEADER = "# Parameters"  # the first line of the cell papermill injects for -p NAME VALUE
+
+
+def _assigned_names(source: str) -> set[str]:
+    """The names a cell assigns at top level (``x = 1``, ``x: int = 1``)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    names = set()
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def unknown_parameters(history: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Names papermill was given (``-p NAME VALUE``) that the notebook's parameters cell does not declare.
+
+    :param history: the sources of the cells run so far, in order (IPython's ``In``)
+    :returns: ``(unknown, declared)``, both sorted; empty when no cell was injected
+    """
+    declared = [src for src in history if src.startswith(DECLARED_HEADER)]
+    injected = [src for src in history if src.split("\n", 1)[0].strip() == INJECTED_HEADER]
+    if not declared or not injected:
+        return [], []
+    known = _assigned_names(declared[-1])
+    return sorted(_assigned_names(injected[-1]) - known), sorted(known)
+
+
+def _check_no_unknown_parameters() -> None:
+    """Stop at the check cell when papermill was given a parameter this notebook does not have
+    (``-p qiuck True`` would otherwise be ignored, and the slow full mode would run)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    unknown, declared = unknown_parameters(shell.user_ns.get("In", []))
+    if unknown:
+        raise ParameterError(
+            f"unknown notebook parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} (given with "
+            f"papermill -p); this notebook's parameters are: {', '.join(declared)}. Check the spelling."
+        )
+
+
 def check(*, device: Any = "auto", quick: Any = False, seed: Any = 0) -> torch.device:
     """Check the three parameters every notebook has; return the torch device to use.
 
     :param device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
     :param quick: True for the fast run used in tests and grading (small sizes, static figures)
     :param seed: a non-negative integer that seeds every random draw of the notebook
-    :raises ParameterError: (a ``ValueError``) naming the bad parameter and the valid values
+    :raises ParameterError: (a ``ValueError``) naming the bad parameter and the valid values, or
+        naming a parameter given to papermill that the notebook does not have
     """
+    _check_no_unknown_parameters()
     if not isinstance(device, (str, torch.device)):
         _fail("device", device, f"must be a string; valid: {', '.join(DEVICE_CHOICES)}")
     try:
