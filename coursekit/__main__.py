@@ -6,6 +6,7 @@
     python -m coursekit export  [--notebooks output/notebooks] [--out answers/answers.pdf]
     python -m coursekit release --out release/ [--overwrite]
     python -m coursekit grade   SUBMISSIONS --out grading/ [--jobs 2] [--timeout 600] [--memory-gb 8]
+                                [--disk-gb 2] [--max-processes 64]
 """
 
 from __future__ import annotations
@@ -55,8 +56,13 @@ def _grade(args) -> int:
     from .grade import grade
 
     start = time.perf_counter()
-    results, sandbox = grade(args.submissions, args.out, reference_dir=args.reference, notebooks=args.notebook,
-                             jobs=args.jobs, timeout_s=args.timeout, memory_gb=args.memory_gb, pdf=not args.no_pdf)
+    try:
+        results, sandbox = grade(args.submissions, args.out, reference_dir=args.reference, notebooks=args.notebook,
+                                 jobs=args.jobs, timeout_s=args.timeout, memory_gb=args.memory_gb,
+                                 disk_gb=args.disk_gb, max_processes=args.max_processes, pdf=not args.no_pdf)
+    except ValueError as err:
+        print(f"grade failed: {err}", file=sys.stderr)
+        return 1
     ran = sum(r.status == "ok" for r in results)
     print(f"{ran}/{len(results)} notebook runs succeeded in {time.perf_counter() - start:.0f} s; "
           f"report: {Path(args.out) / 'summary.html'}, {Path(args.out) / 'grades.csv'}")
@@ -96,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="notebooks executed at the same time")
     p.add_argument("--timeout", type=float, default=600, help="seconds per notebook (and per cell) before it is killed")
     p.add_argument("--memory-gb", type=float, default=8, help="address-space limit per process, GiB")
+    p.add_argument("--disk-gb", type=float, default=2,
+                   help="what one run may write (its folder; /tmp, which is memory; any one file), GiB")
+    p.add_argument("--max-processes", type=int, default=64, help="processes one run may have at once")
     p.add_argument("--notebook", action="append", help="grade only this notebook (e.g. 01_forward_diffusion.ipynb); "
                                                        "repeatable")
     p.add_argument("--reference", default=str(REPO / "notebooks"), help="the reference notebooks (with answers)")

@@ -25,8 +25,10 @@ own limits, and every failure becomes a row of the report.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -43,6 +45,7 @@ from . import sandbox as sb
 from . import REPO
 
 QUICK = {"quick": True, "device": "cpu"}
+MAX_NOTEBOOK_BYTES = 100 * 2**20  # an executed notebook larger than this is not kept in the grading output
 
 
 @dataclass
@@ -60,7 +63,7 @@ class QuestionCheck:
 class NotebookResult:
     student: str
     notebook: str
-    status: str                      # ok, failed, timeout, missing, unreadable
+    status: str                      # ok, failed, timeout, missing, unreadable, refused
     error_cell: int | None = None    # index of the failing cell in the student's notebook (0 = first cell)
     error: str = ""
     answered: int = 0
@@ -147,45 +150,101 @@ def papermill_parameters(reference: Path, extra: dict[str, Any]) -> list[str]:
     return args
 
 
-def run_one(student_dir: Path, reference: Path, out_dir: Path, sandbox: sb.Sandbox, timeout_s: float,
-            memory_gb: float, hide: list[Path], extra_parameters: dict[str, Any]) -> NotebookResult:
+def symlinks_in(folder: Path) -> list[str]:
+    """Symbolic links anywhere in ``folder`` (relative paths), without following any."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for entry in dirnames + filenames:
+            if os.path.islink(os.path.join(dirpath, entry)):
+                found.append(os.path.relpath(os.path.join(dirpath, entry), folder))
+    return sorted(found)
+
+
+def read_student_notebook(source: Path) -> tuple[Any, str]:
+    """The student's notebook as a dict, or None and why it cannot be graded."""
+    try:
+        text = source.read_text(encoding="utf-8")
+        nb = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return None, f"not a notebook (not JSON: {err})"[:300]
+    if not isinstance(nb, dict):
+        return None, "not a notebook (the JSON is not an object)"
+    version = nb.get("nbformat")
+    if version != 4:
+        return None, (f"an nbformat {version} notebook, which the grader cannot run; open it in JupyterLab and save "
+                      "it (that writes nbformat 4), then submit it again")
+    try:
+        nbformat.validate(nbformat.from_dict(nb))
+    except Exception as err:  # noqa: BLE001 - every way a notebook can be invalid is one report row
+        return None, f"not a valid notebook ({str(err).splitlines()[0][:200]})"
+    return nb, ""
+
+
+# lines of a run's stderr that are noise, not the cause of a failure
+_NOISE = ("warn", "Warning", "DeprecationWarning", "platformdirs", "frozen modules", "PYDEVD", "-Xfrozen_modules",
+          "debugger", "Input Notebook:", "Output Notebook:", "Executing", "Black is not installed")
+
+
+def failure_reason(stderr: str, returncode: int | None) -> str:
+    """The cause of a failed run in plain words (a dead kernel, a signal), without start-up warnings."""
+    if "DeadKernelError" in stderr or "Kernel died" in stderr or "kernel died" in stderr:
+        return "the kernel died (the code killed it, e.g. with os._exit or a signal, or it crashed)"
+    kept = [line for line in stderr.strip().splitlines() if line.strip() and not any(n in line for n in _NOISE)]
+    if kept:
+        return " | ".join(kept[-3:])[:500]
+    if returncode is not None and returncode < 0:
+        return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def run_one(student_dir: Path, reference: Path, out_dir: Path, sandbox: sb.Sandbox, limits: sb.Limits,
+            hide: list[Path], extra_parameters: dict[str, Any]) -> NotebookResult:
     """Execute one student's copy of ``reference.name`` in a temporary copy of their folder."""
     student, name = student_dir.name, reference.name
     result = NotebookResult(student, name, "missing")
     reference_nb = nbformat.read(reference, as_version=4)
     result.questions = len(Q.find_questions(reference_nb))
+    links = symlinks_in(student_dir)
+    if links:
+        result.status = "refused"
+        result.error = (f"the submission holds symbolic links ({', '.join(links[:3])}{' ...' if len(links) > 3 else ''}),"
+                        " which are not accepted: submit the files themselves")
+        return result
     source = student_dir / name
     if not source.is_file():
         result.error = f"{name} not found in the submission"
         result.missing_questions = [q.label for q in Q.find_questions(reference_nb)]
         return result
-    try:
-        student_nb = json.loads(source.read_text(errors="replace"))
-        check = check_questions(student_nb, reference_nb)
-    except (json.JSONDecodeError, AttributeError, TypeError) as err:
-        result.status, result.error = "unreadable", f"not a notebook: {err}"[:300]
+    student_nb, problem = read_student_notebook(source)
+    if student_nb is None:
+        result.status, result.error = "unreadable", problem
         return result
+    check = check_questions(student_nb, reference_nb)
     result.answered = len(check.answered)
     result.missing_questions, result.altered_questions = check.missing, check.altered
 
+    timeout_s = limits.timeout_s
     with tempfile.TemporaryDirectory(prefix="coursekit-grade-") as tmp:
         work = Path(tmp) / "work"
         shutil.copytree(student_dir, work, symlinks=True)
         executed = work / f".executed-{name}"
         command = [sys.executable, "-m", "papermill", name, executed.name, "--cwd", str(work), "--kernel", "python3",
-                   "--no-progress-bar", "--execution-timeout", str(int(timeout_s)),
+                   "--no-progress-bar", "--execution-timeout", str(max(1, int(timeout_s))),
                    *papermill_parameters(reference, extra_parameters)]
-        done = sb.run(command, work, sandbox, timeout_s=timeout_s + 30, memory_gb=memory_gb, hide=hide)
+        done = sb.run(command, work, sandbox, dataclasses.replace(limits, timeout_s=timeout_s + 30), hide=hide)
         result.wall_s = round(done.seconds, 1)
         cell, error = _first_error(executed) if executed.is_file() else (None, "")
         if done.timed_out:
             result.status, result.error_cell = "timeout", cell
             result.error = f"killed after {timeout_s:.0f} s"
+        elif done.limit:
+            result.status, result.error_cell = "failed", cell
+            result.error = f"stopped: it {done.limit}"
         elif done.returncode == 0:
             result.status = "ok"
         else:
             result.status, result.error_cell = "failed", cell
-            result.error = error or _tail(done.stderr) or f"exit code {done.returncode}"
+            result.error = error or failure_reason(done.stderr, done.returncode)
         # papermill's per-cell limit interrupts the kernel: the cell shows a KeyboardInterrupt
         if result.status == "failed" and ("CellTimeoutError" in done.stderr or "timed out" in done.stderr):
             result.status = "timeout"
@@ -201,21 +260,30 @@ def run_one(student_dir: Path, reference: Path, out_dir: Path, sandbox: sb.Sandb
             except (json.JSONDecodeError, UnicodeDecodeError):
                 result.values = {"error": "results file is not valid JSON"}
         if executed.is_file() and not executed.is_symlink():
-            shutil.copyfile(executed, target / name)
+            size = executed.stat().st_size
+            if size <= MAX_NOTEBOOK_BYTES:
+                shutil.copyfile(executed, target / name)
+            else:
+                result.error = (result.error + "; " if result.error else "") + \
+                    f"the executed notebook ({size / 2**20:.0f} MB of output) was too large to keep"
     return result
 
 
 # ------------------------------------------------------------------------ the whole batch
 def students(submissions: Path) -> list[Path]:
     found = sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
+    links = [p.name for p in found if p.is_symlink()]
+    if links:
+        raise SystemExit(f"student folders that are symbolic links are not accepted ({', '.join(links)}); "
+                         "copy the submissions themselves into the folder")
     if not found:
         raise SystemExit(f"no student folders in {submissions}: expected one subfolder per student holding their "
                          "notebooks")
     return found
 
 
-def export_student_pdf(student: str, out_dir: Path, sandbox: sb.Sandbox, memory_gb: float, hide: list[Path],
-                       timeout_s: float = 600) -> str:
+def export_student_pdf(student: str, out_dir: Path, sandbox: sb.Sandbox, limits: sb.Limits,
+                       hide: list[Path]) -> str:
     """Export ``out_dir/student``'s executed notebooks to ``answers.pdf`` inside the sandbox; '' or an error."""
     folder = out_dir / student
     notebooks = sorted(folder.glob("[0-9][0-9]_*.ipynb")) if folder.is_dir() else []
@@ -229,7 +297,8 @@ def export_student_pdf(student: str, out_dir: Path, sandbox: sb.Sandbox, memory_
             shutil.copyfile(res, work / res.name)
         command = [sys.executable, "-m", "coursekit", "export", "--notebooks", str(work), "--out",
                    str(work / "answers.pdf"), "--no-derivations", "--title", f"Answers of {student}"]
-        done = sb.run(command, work, sandbox, timeout_s=timeout_s, memory_gb=memory_gb, hide=hide)
+        done = sb.run(command, work, sandbox, dataclasses.replace(limits, timeout_s=max(600, limits.timeout_s)),
+                      hide=hide)
         if done.returncode == 0 and (work / "answers.pdf").is_file():
             shutil.copyfile(work / "answers.pdf", folder / "answers.pdf")
             return ""
@@ -239,8 +308,17 @@ def export_student_pdf(student: str, out_dir: Path, sandbox: sb.Sandbox, memory_
 def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = REPO / "notebooks",
           notebooks: list[str] | None = None, jobs: int = 2, timeout_s: float = 600, memory_gb: float = 8,
           pdf: bool = True, extra_parameters: dict[str, Any] | None = None,
-          progress: bool = True) -> tuple[list[NotebookResult], sb.Sandbox]:
-    """Grade every student folder of ``submissions`` against the notebooks of ``reference_dir``."""
+          progress: bool = True, disk_gb: float = 2.0,
+          max_processes: int = 64) -> tuple[list[NotebookResult], sb.Sandbox]:
+    """Grade every student folder of ``submissions`` against the notebooks of ``reference_dir``.
+
+    :param jobs: notebooks run at the same time
+    :param timeout_s, memory_gb, disk_gb, max_processes: the :class:`~coursekit.sandbox.Limits` of each run
+    :raises ValueError: a limit of 0 or less (it would fail every student or switch the limit off)
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"--jobs must be an integer >= 1, got {jobs!r}")
+    limits = sb.Limits(timeout_s, memory_gb, disk_gb, max_processes).checked()
     submissions, out, reference_dir = Path(submissions).resolve(), Path(out).resolve(), Path(reference_dir).resolve()
     if not submissions.is_dir():
         raise SystemExit(f"{submissions} is not a folder of submissions")
@@ -253,8 +331,6 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
         references = [p for p in references if p.name in notebooks]
     if not references:
         raise SystemExit(f"no reference notebooks (NN_*.ipynb) in {reference_dir}")
-    if jobs < 1:
-        raise SystemExit(f"--jobs must be >= 1, got {jobs}")
     out.mkdir(parents=True, exist_ok=True)
     sandbox = sb.probe()
     print(sandbox.description, flush=True)
@@ -265,7 +341,7 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
     def one(task):
         student_dir, reference = task
         try:
-            res = run_one(student_dir, reference, out, sandbox, timeout_s, memory_gb, hide, extra_parameters or {})
+            res = run_one(student_dir, reference, out, sandbox, limits, hide, extra_parameters or {})
         except Exception as err:  # noqa: BLE001 - the grader's own failure on one run must not stop the batch
             res = NotebookResult(student_dir.name, reference.name, "failed", error=f"grader error: {err!r}"[:500])
         if progress:
@@ -280,7 +356,7 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
         names = sorted({r.student for r in results})
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             for name, err in zip(names, pool.map(
-                    lambda n: export_student_pdf(n, out, sandbox, memory_gb, hide), names)):
+                    lambda n: export_student_pdf(n, out, sandbox, limits, hide), names)):
                 pdf_errors[name] = err
     write_csv(results, out / "grades.csv")
     write_html(results, sandbox, out / "summary.html", pdf_errors, time.perf_counter() - start)
@@ -321,7 +397,7 @@ def write_html(results: list[NotebookResult], sandbox: sb.Sandbox, path: Path, p
                seconds: float) -> None:
     e = html.escape
     colour = {"ok": "#d9f2d9", "failed": "#f8d0d0", "timeout": "#f8e0b0", "missing": "#e0e0e0",
-              "unreadable": "#f8d0d0"}
+              "unreadable": "#f8d0d0", "refused": "#f8d0d0"}
     rows = []
     for r in results:
         values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(r.values.items())[:8])

@@ -205,3 +205,73 @@ def _pdftotext(pdf: Path) -> str:
 
     assert shutil.which("pdftotext"), "pdftotext missing (Debian: poppler-utils)"
     return subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+
+
+HOSTILE = {
+    # more processes than --max-processes: stopped by the watchdog
+    "forks": "import subprocess, time\nkids = [subprocess.Popen(['sleep', '60']) for _ in range(40)]\ntime.sleep(60)",
+    # more than --disk-gb in its own folder, file by file: stopped by the watchdog
+    "fills": "import time\nfor i in range(40):\n    open(f'junk{i}.bin', 'wb').write(bytes(20_000_000))\n"
+             "    time.sleep(0.1)",
+    # more than --disk-gb in /tmp (a bounded tmpfs in the sandbox): the write fails
+    "tmpfill": "with open('/tmp/junk.bin', 'wb') as f:\n    for i in range(40):\n        f.write(bytes(20_000_000))",
+    # the grader's environment is not the student's
+    "env": "import os\nextra = {'sees_canary': 'COURSEKIT_TEST_CANARY' in os.environ, "
+           "'env_size': len(os.environ)}",
+    # the kernel killed from inside
+    "dies": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+    # a process that tries to outlive the run
+    "daemon": "import subprocess\nsubprocess.Popen(['sleep', '3131'], start_new_session=True)",
+}
+
+
+def sleepers(seconds: str) -> list[int]:
+    """Processes running ``sleep SECONDS`` (left over by a run)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().split(b"\0")[:2] == [b"sleep", seconds.encode()]:
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_limits_environment_and_hostile_runs(course, monkeypatch):
+    reference, subs, out = course
+    monkeypatch.setenv("COURSEKIT_TEST_CANARY", "the grader's secret")
+    for name, body in HOSTILE.items():
+        student(subs, name, tiny_notebook(body=body))
+    linked = student(subs, "linked", tiny_notebook())
+    (linked / "notes.txt").symlink_to("/etc/hostname")
+    old = {"nbformat": 3, "nbformat_minor": 0, "metadata": {}, "worksheets": [{"cells": []}]}
+    student(subs, "old", raw=json.dumps(old))
+
+    results, box = G.grade(subs, out, reference_dir=reference, jobs=2, timeout_s=40, memory_gb=1.5, disk_gb=0.1,
+                           max_processes=16, pdf=False, progress=False)
+    by = {r.student: r for r in results}
+
+    assert by["forks"].status == "failed" and "more than 16 processes" in by["forks"].error, by["forks"]
+    assert by["fills"].status == "failed" and "more than 0.1 GB" in by["fills"].error, by["fills"]
+    assert by["env"].status == "ok", by["env"]
+    assert by["env"].values["sees_canary"] is False and by["env"].values["env_size"] < 30
+    assert by["dies"].status == "failed" and "kernel died" in by["dies"].error, by["dies"]
+    assert "Warning" not in by["dies"].error and "warn" not in by["dies"].error
+    assert by["daemon"].status == "ok", by["daemon"]
+    assert not sleepers("3131"), "a process outlived its run"
+    assert not sleepers("60"), "a process outlived its run"
+    assert by["linked"].status == "refused" and "notes.txt" in by["linked"].error
+    assert by["old"].status == "unreadable" and "nbformat 3" in by["old"].error
+    if box.isolated:
+        assert by["tmpfill"].status == "failed" and "No space left" in by["tmpfill"].error, by["tmpfill"]
+
+
+@pytest.mark.parametrize("option, value", [("jobs", 0), ("jobs", -1), ("timeout_s", 0), ("timeout_s", float("nan")),
+                                           ("memory_gb", 0), ("memory_gb", -1), ("disk_gb", 0),
+                                           ("max_processes", 0)])
+def test_limits_of_zero_or_less_are_refused(course, option, value):
+    reference, subs, out = course
+    student(subs, "good", tiny_notebook())
+    with pytest.raises(ValueError, match="must be"):
+        G.grade(subs, out, reference_dir=reference, pdf=False, progress=False, **{option: value})
+    assert not out.exists(), "nothing is written before the settings are checked"
