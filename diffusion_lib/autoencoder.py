@@ -44,14 +44,15 @@ Architecture (all sizes read from the input; H and W must be divisible by 4):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import load_component, load_into
+from .checkpoint import CheckpointError, load_component, load_into
+from .checks import config_from_dict
 from .layers import Downsample, Upsample
 
 COMPONENT = "vae"
@@ -97,11 +98,7 @@ class AutoencoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AutoencoderConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown AutoencoderConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 class DiagonalGaussian:
@@ -403,6 +400,12 @@ def load_autoencoder(directory: Path | str, device: str | torch.device = "cpu") 
     :raises CheckpointError: for a missing, corrupt or mismatched file
     """
     tensors, config = load_component(directory, COMPONENT)
-    vae = AutoencoderKL(AutoencoderConfig.from_dict(config))
+    try:
+        vae = AutoencoderKL(AutoencoderConfig.from_dict(config))
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{Path(directory) / (COMPONENT + '.json')} is not a valid autoencoder config ({err}). Restore it or "
+            "retrain the autoencoder."
+        ) from err
     load_into(vae, tensors, Path(directory) / f"{COMPONENT}.safetensors")
     return vae.to(device).eval()

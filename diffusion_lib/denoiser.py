@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, load_component, load_into, save_component, sha256_file
+from .checks import config_from_dict
 from .text_encoder import PromptEncoder, PromptEncoderConfig, Tokenizer
 from .unet import UNet, UNetConfig
 
@@ -76,14 +77,7 @@ class DenoiserConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DenoiserConfig":
-        known = {"unet", "prompt", "tokenizer", "prediction_type", "schedule"}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Unknown DenoiserConfig fields {unknown}; known fields are {sorted(known)}")
-        d = dict(d)
-        return cls(
-            unet=UNetConfig.from_dict(d.pop("unet")), prompt=PromptEncoderConfig.from_dict(d.pop("prompt")), **d
-        )
+        return config_from_dict(cls, d)
 
 
 def default_denoiser_config(

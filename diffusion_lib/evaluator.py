@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .autoencoder import reconstruct
-from .checkpoint import check_output_folder, commit_files, component_files, load_component, load_into
+from .checkpoint import CheckpointError, check_output_folder, commit_files, component_files, load_component, load_into
+from .checks import config_from_dict
 from .data import FASHION_MNIST_CLASSES, ImageSet, load_split, to_model_space
 from .device import resolve_device
 from .metrics import conditional_accuracy, frechet_distance, gaussian_statistics, kid_from_features
@@ -77,16 +78,7 @@ class ClassifierConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ClassifierConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ClassifierConfig keys {unknown}; valid keys: {sorted(known)}")
-        d = dict(d)
-        if "channels" in d:
-            d["channels"] = tuple(d["channels"])
-        if "class_names" in d:
-            d["class_names"] = tuple(d["class_names"])
-        return cls(**d)
+        return config_from_dict(cls, d, convert={"channels": tuple, "class_names": tuple})
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -343,7 +335,13 @@ def train_classifier(
 def load_classifier(directory: Path | str, device: str = "cpu") -> FashionClassifier:
     """Rebuild the classifier from ``directory/classifier.{json,safetensors}`` (checksums verified), in eval mode."""
     tensors, config = load_component(directory, COMPONENT)
-    model = FashionClassifier(ClassifierConfig.from_dict(config))
+    try:
+        model = FashionClassifier(ClassifierConfig.from_dict(config))
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{Path(directory) / (COMPONENT + '.json')} is not a valid classifier config ({err}). Restore it or "
+            "retrain the classifier."
+        ) from err
     load_into(model, tensors, Path(directory) / f"{COMPONENT}.safetensors")
     return model.to(resolve_device(device)).eval()
 

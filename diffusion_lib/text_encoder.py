@@ -34,12 +34,13 @@ position visible, even for ``""``).
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from .attention import Attention
+from .checks import config_from_dict
 from .data import FASHION_MNIST_CLASSES
 
 PROMPT_TEMPLATES = ("a photo of a {}", "a {}", "{}")
@@ -212,15 +213,7 @@ class PromptEncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PromptEncoderConfig":
-        _check_keys(cls, d)
-        return cls(**d)
-
-
-def _check_keys(cls, d: dict) -> None:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"Unknown {cls.__name__} fields {unknown}; known fields are {sorted(known)}")
+        return config_from_dict(cls, d)
 
 
 class TransformerLayer(nn.Module):

@@ -93,6 +93,7 @@ from .checkpoint import (
     recover,
     sha256_file,
 )
+from .checks import MAX_SEED, config_from_dict
 from .data import DATASETS, FASHION_MNIST_CLASSES, MNIST_CLASSES, load_split, to_model_space
 from .denoiser import AUTOENCODER_SHA256, PREDICTION_TYPES, Denoiser, DenoiserConfig, default_denoiser_config
 from .device import default_channels_last, resolve_device
@@ -195,7 +196,12 @@ class TrainConfig:
         checks = [
             (isinstance(e, int) and e >= 1, f"epochs must be an integer >= 1, got {e!r}"),
             (isinstance(b, int) and b >= 1, f"batch_size must be an integer >= 1, got {b!r}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
+             f"seed must be an integer in [0, {MAX_SEED}], got {self.seed!r}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}"),
+            (self.num_threads is None or (isinstance(self.num_threads, int) and self.num_threads >= 1),
+             f"num_threads must be an integer >= 1 or None, got {self.num_threads!r}"),
+            (all(e >= 1 for e in self.snapshot_epochs), f"snapshot_epochs must be >= 1, got {self.snapshot_epochs}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
             (self.lr_schedule in ("constant", "cosine"),
@@ -217,11 +223,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     def has_model_options(self) -> bool:
         """True when this config says anything about the model (used when resuming)."""

@@ -45,13 +45,14 @@ works; the convolutions and attention do not care about the size.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attention import SpatialTransformer
+from .checks import config_from_dict
 from .layers import Conv3x3, Downsample, Upsample
 
 
@@ -113,11 +114,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Unknown UNetConfig fields {unknown}; known fields are {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
