@@ -227,7 +227,13 @@ def _results_cells(path: Path, number: str) -> list:
 
 def notebook_section(path: Path) -> list:
     """The cells of the answers book for one executed notebook."""
-    nb = nbformat.read(path, as_version=4)
+    try:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+    except Exception as err:  # noqa: BLE001 - not JSON, truncated, schema-invalid: one clear message
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ExportError(f"{path} is not a readable notebook ({first}). Run it again (./kit course) or restore "
+                          "it; nothing was exported") from err
     number = path.name[:2]
     cells = nb.cells
     out = [nbformat.v4.new_markdown_cell(f"# {notebook_title(nb, path.stem)}\n\n*From `{path.name}`.*")]

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError
 
+SMALL_SAMPLE = 1000  # evaluate warns below this many images
+
 
 def _add_common_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="checkpoints", help="folder with vae + denoiser (default: checkpoints)")
@@ -226,6 +228,9 @@ def cmd_evaluate(args) -> int:
                            args.spacing, not args.no_progress, args.batch_size) for g in args.guidance]
     # the floor at the same number of images: FID is biased upwards for small samples
     n = min(rows[0]["num_images"], 60000)
+    if n < SMALL_SAMPLE:
+        print(f"note: {n} images are too few for a stable FID or KID (each is biased and noisy below ~"
+              f"{SMALL_SAMPLE}); compare only with the floor measured at the same number, as below.", file=sys.stderr)
     floor = evaluator.real_floor(n=n)
     # the same real images through the autoencoder: what a perfect latent model would give
     autoencoder_floor = evaluator.autoencoder_floor(pipe.vae, n=n) if args.autoencoder_floor else None
@@ -254,6 +259,8 @@ def cmd_checksums(args) -> int:
     from .checkpoint import update_checksums
 
     directory = Path(args.directory)
+    if not directory.is_dir():
+        raise ValueError(f"{directory} is not a folder; give the checkpoint folder whose files to record")
     names = sorted(p.name for p in directory.iterdir() if p.suffix in (".safetensors", ".json"))
     if not names:
         raise ValueError(f"{directory} holds no .safetensors or .json files")

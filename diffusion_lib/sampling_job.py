@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -50,8 +51,14 @@ def check_writable(out: Path, overwrite: bool, option: str = "--out") -> Path:
         parent = parent.parent
     if not parent.is_dir():
         raise JobError(f"{option} {out} cannot be created: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise JobError(f"{option} {out} cannot be written: no permission to write in {parent}")
+    # a real write, not a permission check: root passes every check, yet cannot write in /proc
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise JobError(f"{option} {out} cannot be written: {parent} does not accept new files ({err.strerror})") \
+            from None
     return out
 
 
