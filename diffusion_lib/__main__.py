@@ -248,6 +248,10 @@ def cmd_evaluate(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import environment, format_rows, run_bench
 
+    if args.iters < 1:
+        raise ValueError(f"--iters must be an integer >= 1, got {args.iters}")
+    if args.tiny and args.iters != 10:
+        print(f"note: --tiny times 2 iterations; --iters {args.iters} is ignored", file=sys.stderr)
     rows = run_bench(args.device, args.vs_diffusers, args.tiny, args.iters, args.threads, args.channels_last,
                      args.compile, args.options)
     print(environment(args.device, args.channels_last, args.compile))

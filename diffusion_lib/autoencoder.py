@@ -51,7 +51,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, load_component, load_into
+from .checkpoint import config_from_file, load_component, load_into
 from .checks import config_from_dict
 from .layers import Downsample, Upsample
 
@@ -400,12 +400,7 @@ def load_autoencoder(directory: Path | str, device: str | torch.device = "cpu") 
     :raises CheckpointError: for a missing, corrupt or mismatched file
     """
     tensors, config = load_component(directory, COMPONENT)
-    try:
-        vae = AutoencoderKL(AutoencoderConfig.from_dict(config))
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"{Path(directory) / (COMPONENT + '.json')} is not a valid autoencoder config ({err}). Restore it or "
-            "retrain the autoencoder."
-        ) from err
+    vae = AutoencoderKL(config_from_file(AutoencoderConfig, config, Path(directory) / f"{COMPONENT}.json",
+                                         "autoencoder"))
     load_into(vae, tensors, Path(directory) / f"{COMPONENT}.safetensors")
     return vae.to(device).eval()

@@ -431,6 +431,16 @@ def load_component(directory: Path | str, name: str, *, verify: bool = True) -> 
     return tensors, config
 
 
+def config_from_file(config_cls: type, config: dict, source: Path, what: str) -> Any:
+    """``config_cls.from_dict(config)``; a config that does not fit is a :class:`CheckpointError` naming
+    ``source`` (the JSON file) and the fix. ``what`` names the model in words ("autoencoder")."""
+    try:
+        return config_cls.from_dict(config)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{source} is not a valid {what} config ({err}). Restore it or retrain the {what}.") \
+            from err
+
+
 def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path | str) -> torch.nn.Module:
     """Copy ``tensors`` into ``module``, casting dtypes; a mismatch names ``source``.
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_component, load_into, save_component, sha256_file
+from .checkpoint import CheckpointError, config_from_file, load_component, load_into, save_component, sha256_file
 from .checks import config_from_dict
 from .text_encoder import PromptEncoder, PromptEncoderConfig, Tokenizer
 from .unet import UNet, UNetConfig
@@ -183,12 +183,7 @@ def load_denoiser(directory: Path | str, device: str | torch.device = "cpu", nam
     tensors, config = load_component(directory, name)
     source = directory / f"{name}.json"
     recorded = config.pop(AUTOENCODER_SHA256, None)
-    try:
-        config = DenoiserConfig.from_dict(config)
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"{source} is not a valid denoiser config ({err}). Restore it or retrain the model."
-        ) from err
+    config = config_from_file(DenoiserConfig, config, source, "denoiser")
     vae_file = directory / "vae.safetensors"
     if recorded is not None and vae_file.is_file():
         actual = sha256_file(vae_file)

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .autoencoder import reconstruct
-from .checkpoint import CheckpointError, check_output_folder, commit_files, component_files, load_component, load_into
+from .checkpoint import check_output_folder, config_from_file, commit_files, component_files, load_component, load_into
 from .checks import config_from_dict
 from .data import FASHION_MNIST_CLASSES, ImageSet, load_split, to_model_space
 from .device import resolve_device
@@ -335,13 +335,8 @@ def train_classifier(
 def load_classifier(directory: Path | str, device: str = "cpu") -> FashionClassifier:
     """Rebuild the classifier from ``directory/classifier.{json,safetensors}`` (checksums verified), in eval mode."""
     tensors, config = load_component(directory, COMPONENT)
-    try:
-        model = FashionClassifier(ClassifierConfig.from_dict(config))
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"{Path(directory) / (COMPONENT + '.json')} is not a valid classifier config ({err}). Restore it or "
-            "retrain the classifier."
-        ) from err
+    model = FashionClassifier(config_from_file(ClassifierConfig, config, Path(directory) / f"{COMPONENT}.json",
+                                               "classifier"))
     load_into(model, tensors, Path(directory) / f"{COMPONENT}.safetensors")
     return model.to(resolve_device(device)).eval()
 

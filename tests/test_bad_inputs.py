@@ -15,11 +15,11 @@ then its own test.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -351,8 +351,6 @@ def test_command_line(row, outcomes):
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stderr[-2000:]}"
     assert lines, "no message at all"
-    import re
-
     assert re.search(pattern, lines[0] if code != 2 else proc.stderr), lines[0]
     assert after == before, "files changed on disk"
 

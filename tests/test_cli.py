@@ -82,3 +82,15 @@ def test_clear_errors(run_dir, tmp_path):
     proc = cli("sample", "--checkpoint", str(run_dir), "--prompt", "bag", "--steps", "0", "--out",
                str(tmp_path / "x.png"), check=False)
     assert proc.returncode == 1 and "--steps must be an integer >= 1" in proc.stderr
+
+
+def test_streamed_npz_equals_one_pipeline_call(run_dir):
+    """sample writes an .npz batch by batch; the images are those of one Pipeline call with the same seed."""
+    out = run_dir / "streamed.npz"
+    cli("sample", "--checkpoint", str(run_dir), "--prompt", "bag", "--prompt", "coat", "--num-images", "5", "--steps",
+        "3", "--seed", "11", "--batch-size", "4", "--out", str(out), "--no-progress", "--device", "cpu")
+    pipe = Pipeline.from_pretrained(run_dir, "cpu")
+    expected = pipe(["bag", "coat"], num_images=5, num_inference_steps=3, seed=11, batch_size=4, progress=False)
+    data = np.load(out)
+    assert np.array_equal(data["images"], expected.images.numpy())
+    assert data["labels"].tolist() == [8] * 5 + [4] * 5

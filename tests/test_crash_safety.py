@@ -118,3 +118,29 @@ def test_every_write_point_of_a_save(references, vae_dir, tmp_path):
         train(to_config({**settings, "resume": True}))
         assert snapshot(run) == after_two, f"kill at {label}: the resumed run differs from the uninterrupted one"
         shutil.rmtree(run)
+
+
+def test_a_failed_write_keeps_the_last_epoch(vae_dir, tmp_path, monkeypatch):
+    """A full disk (EFBIG here) while saving epoch 2: a clear error, and epoch 1 stays whole and loadable."""
+    import errno
+
+    import diffusion_lib.checkpoint as checkpoint
+    from diffusion_lib.train import TrainingError
+
+    run = tmp_path / "run"
+    train(to_config(config(run, vae_dir, epochs=1)))
+    epoch1 = snapshot(run)
+    real = checkpoint._write_synced
+
+    def fail_on_state(path, data):
+        if "train_state.safetensors" in path.name:
+            raise OSError(errno.EFBIG, "File too large")
+        real(path, data)
+
+    monkeypatch.setattr(checkpoint, "_write_synced", fail_on_state)
+    with pytest.raises(TrainingError, match=r"could not write the checkpoint of epoch 2 .*File too large.*the "
+                                            r"checkpoint of epoch 1 was kept.*--resume"):
+        train(to_config(config(run, vae_dir, resume=True)))
+    assert snapshot(run) == epoch1
+    assert not [p for p in run.iterdir() if p.name.endswith(STAGED_SUFFIX) or p.name in (JOURNAL, LOCK)]
+    Pipeline.from_pretrained(run, "cpu")
