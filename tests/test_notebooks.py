@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import torch
 
+from answer_numbers import QUOTED, lookup
 from coursekit import params, questions, results, show, widgets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +148,16 @@ def test_python3_kernel_runs_this_python():
 
 
 # ------------------------------------------------------------------------------ execution
+@pytest.mark.parametrize("number", sorted(QUOTED), ids=lambda n: f"notebook_{n}")
+def test_quoted_numbers_stand_in_the_reference_answers(number):
+    """Each number of tests/answer_numbers.py is written, as written there, in its question's reference answer."""
+    (path,) = [p for p in NOTEBOOKS if p.name.startswith(number)]
+    answers = {q.label: " ".join((q.answer or "").split()) for q in questions.find_questions(read(path))}
+    missing = [f"{label}: {text}" for label, _, text, _ in QUOTED[number]
+               if not re.search(r"(?<![\d.])" + re.escape(text) + r"(?!\d)", answers.get(label, ""))]
+    assert not missing, f"numbers the table ties to {path.name} that its answers do not write: {missing}"
+
+
 def _outputs(nb):
     for i, cell in enumerate(nb.cells):
         for out in cell.get("outputs", []):
@@ -168,6 +179,12 @@ def test_notebook_runs_in_quick_mode(path, tmp_path, kernel_env):
     written = results.load(path.name[:2], tmp_path)
     assert written["notebook"] == path.name[:2]
     assert written["parameters"]["quick"] is True and written["values"]
+    drifted = []
+    for label, where, text, tol in QUOTED.get(path.name[:2], []):
+        value = lookup(written["values"], where)
+        if not abs(value - float(text)) <= tol:
+            drifted.append(f"{label} quotes {text} for {'/'.join(map(str, where))}; the quick run gives {value:.6g}")
+    assert not drifted, "reference answers quote numbers this run no longer gives:\n" + "\n".join(drifted)
 
     executed = read(executed_path)
     images = 0

@@ -1,0 +1,100 @@
+"""The numbers the reference answers quote from the notebooks' quick-mode output.
+
+Each entry ties one number, written exactly as the answer writes it, to the value in the
+notebook's ``results_NN.json`` that it quotes:
+
+    (question, path into results["values"], the number as written, tolerance)
+
+Two tests use this table (``tests/test_notebooks.py``): the number must appear in the
+question's reference answer (so the table and the answer cannot drift apart), and a
+quick run of the notebook must reproduce it within the tolerance (so a change of code
+or model that moves a quoted number fails, naming the question). The tolerance is half a
+unit of the last written digit, or more where the answer says how much a run may differ
+(FID at 100 images: 0.1 on another CPU).
+"""
+
+from __future__ import annotations
+
+FID = 0.1  # what the answers allow a quick FID to move on another CPU
+
+QUOTED: dict[str, list[tuple[str, tuple, str, float]]] = {
+    "03": [
+        ("Q3.4", ("cross_attention_mean_per_token", "down_blocks.2.1.transformer_blocks.0.attn2", 5), "0.283", 0.0006),
+        ("Q3.4", ("cross_attention_mean_per_token", "down_blocks.4.1.transformer_blocks.0.attn2", 5), "0.258", 0.0006),
+        ("Q3.4", ("cross_attention_mean_per_token", "mid_block.1.transformer_blocks.0.attn2", 5), "0.186", 0.0006),
+        ("Q3.4", ("cross_attention_mean_per_token", "up_blocks.2.1.transformer_blocks.0.attn2", 5), "0.439", 0.0006),
+        ("Q3.4", ("cross_attention_mean_per_token", "up_blocks.3.1.transformer_blocks.0.attn2", 5), "0.466", 0.0006),
+        ("Q3.4", ("context_position_similarity", 0), "0.07", 0.006),
+        ("Q3.4", ("context_position_similarity", 5), "0.49", 0.006),
+        ("Q3.7", ("denoising_loss", "0", "eps_mse"), "0.927", 0.0006),
+        ("Q3.7", ("denoising_loss", "50", "eps_mse"), "0.401", 0.0006),
+        ("Q3.7", ("denoising_loss", "200", "eps_mse"), "0.169", 0.0006),
+        ("Q3.7", ("denoising_loss", "999", "eps_mse"), "0.0019", 0.00006),
+        ("Q3.7", ("denoising_loss", "0", "z0_mse"), "0.0008", 0.00006),
+        ("Q3.7", ("denoising_loss", "999", "z0_mse"), "0.406", 0.0006),
+        ("Q3.8", ("prompt_effect_on_z0_hat", "200"), "0.086", 0.0006),
+        ("Q3.8", ("prompt_effect_on_z0_hat", "500"), "0.271", 0.0006),
+        ("Q3.8", ("prompt_effect_on_z0_hat", "800"), "0.507", 0.0006),
+        ("Q3.8", ("prompt_effect_on_z0_hat", "950"), "0.516", 0.0006),
+    ],
+    "05": [
+        ("Q5.2", ("context_relative_change", "sneaker_to_sandal", 0), "1.79", 0.006),
+        ("Q5.2", ("context_relative_change", "sneaker_to_sandal", 5), "1.37", 0.006),
+        ("Q5.3", ("class_word_attention_share", "4x4", 0), "0.413", 0.0006),
+        ("Q5.3", ("class_word_attention_share", "4x4", 5), "0.546", 0.0006),
+        ("Q5.3", ("class_word_attention_share", "4x4", 9), "0.718", 0.0006),
+        ("Q5.3", ("class_word_attention_share", "2x2", 0), "0.254", 0.0006),
+        ("Q5.3", ("class_word_attention_share", "2x2", 9), "0.578", 0.0006),
+        ("Q5.4", ("prompt_influence", "50", "right_vs_empty"), "0.0115", 0.00006),
+        ("Q5.4", ("prompt_influence", "50", "right_vs_wrong"), "0.032", 0.0006),
+        ("Q5.4", ("prompt_influence", "150", "right_vs_empty"), "0.023", 0.0006),
+        ("Q5.4", ("prompt_influence", "150", "right_vs_wrong"), "0.070", 0.0006),
+        ("Q5.4", ("prompt_influence", "150", "error_right"), "0.209", 0.0006),
+        ("Q5.4", ("prompt_influence", "350", "right_vs_empty"), "0.045", 0.0006),
+        ("Q5.4", ("prompt_influence", "350", "right_vs_wrong"), "0.17", 0.006),
+        ("Q5.4", ("prompt_influence", "999", "right_vs_empty"), "0.497", 0.0006),
+        ("Q5.4", ("prompt_influence", "999", "right_vs_wrong"), "0.817", 0.0006),
+        ("Q5.5", ("guidance_pixel_stats", "0", "std_across_seeds"), "0.436", 0.0006),
+        ("Q5.5", ("guidance_pixel_stats", "1", "std_across_seeds"), "0.328", 0.0006),
+        ("Q5.5", ("guidance_pixel_stats", "2", "std_across_seeds"), "0.298", 0.0006),
+        ("Q5.5", ("guidance_pixel_stats", "3", "std_across_seeds"), "0.287", 0.0006),
+        ("Q5.5", ("guidance_pixel_stats", "5", "std_across_seeds"), "0.285", 0.0006),
+        ("Q5.5", ("guidance_pixel_stats", "8", "std_across_seeds"), "0.294", 0.0006),
+        ("Q5.5", ("guidance_pixel_stats", "0", "brightness"), "-0.53", 0.006),
+        ("Q5.5", ("guidance_pixel_stats", "5", "brightness"), "-0.45", 0.006),
+        ("Q5.5", ("guidance_pixel_stats", "8", "brightness"), "-0.47", 0.006),
+        ("Q5.7", ("guidance", "0", "fid"), "12.11", FID),
+        ("Q5.7", ("guidance", "1", "fid"), "9.25", FID),
+        ("Q5.7", ("guidance", "2", "fid"), "8.47", FID),
+        ("Q5.7", ("guidance", "3", "fid"), "10.10", FID),
+        ("Q5.7", ("guidance", "5", "fid"), "12.89", FID),
+        ("Q5.7", ("guidance", "8", "fid"), "15.88", FID),
+        ("Q5.7", ("guidance", "1", "accuracy"), "0.88", 0.006),
+        ("Q5.7", ("guidance", "2", "accuracy"), "0.98", 0.006),
+        ("Q5.7", ("guidance", "0", "diversity"), "2.29", 0.006),
+        ("Q5.7", ("guidance", "2", "diversity"), "0.69", 0.006),
+        ("Q5.7", ("guidance", "8", "diversity"), "0.57", 0.006),
+        ("Q5.7", ("real_floor", "fid"), "7.81", FID),
+        ("Q5.7", ("best_guidance_by_fid",), "2", 0.0),
+    ],
+    "06": [
+        ("Q6.2", ("quality", "ddpm/5", "fid"), "13.18", FID),
+        ("Q6.2", ("quality", "ddpm/10", "fid"), "11.90", FID),
+        ("Q6.2", ("quality", "ddpm/20", "fid"), "10.63", FID),
+        ("Q6.2", ("quality", "ddim/5", "fid"), "11.39", FID),
+        ("Q6.2", ("quality", "ddim/10", "fid"), "10.34", FID),
+        ("Q6.2", ("quality", "ddim/20", "fid"), "9.78", FID),
+        ("Q6.2", ("quality", "dpmsolver++/5", "fid"), "10.24", FID),
+        ("Q6.2", ("quality", "dpmsolver++/10", "fid"), "9.83", FID),
+        ("Q6.2", ("quality", "dpmsolver++/20", "fid"), "9.42", FID),
+        ("Q6.2", ("real_floor", "fid"), "7.81", FID),
+    ],
+}
+
+
+def lookup(values: dict, path: tuple):
+    """The value at ``path`` (keys and list indices) in a results file's ``values``."""
+    node = values
+    for key in path:
+        node = node[key]
+    return node
