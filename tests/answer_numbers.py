@@ -16,6 +16,8 @@ unit of the last written digit, or more where the answer says how much a run may
 from __future__ import annotations
 
 FID = 0.1  # what the answers allow a quick FID to move on another CPU
+RUN = 0.005  # notebook 07's own short training run: its losses on another CPU
+RUN_FID = 1.0  # ... and the FID of its samples, which a different trajectory moves more
 
 QUOTED: dict[str, list[tuple[str, tuple, str, float]]] = {
     "03": [
@@ -76,6 +78,33 @@ QUOTED: dict[str, list[tuple[str, tuple, str, float]]] = {
         ("Q5.7", ("guidance", "8", "diversity"), "0.57", 0.006),
         ("Q5.7", ("real_floor", "fid"), "7.81", FID),
         ("Q5.7", ("best_guidance_by_fid",), "2", 0.0),
+    ],
+    "07": [
+        ("Q7.1", ("training", "history", 0, "loss"), "0.597", RUN),
+        ("Q7.1", ("training", "history", 1, "loss"), "0.210", RUN),
+        ("Q7.1", ("training", "history", 3, "loss"), "0.175", RUN),
+        ("Q7.2", ("models", "main (100 ep.)", "heldout_loss"), "0.103", 0.0006),
+        ("Q7.2", ("models", "epoch 1", "heldout_loss"), "0.169", 0.0006),
+        ("Q7.2", ("models", "epoch 1", "by_guidance", "2", "fid"), "52.9", FID),
+        ("Q7.2", ("models", "main (100 ep.)", "by_guidance", "2", "fid"), "8.8", FID),
+        ("Q7.4", ("models", "epoch 1", "by_guidance", "3", "fid"), "51.4", FID),
+        ("Q7.4", ("models", "epoch 2", "by_guidance", "3", "fid"), "19.0", FID),
+        ("Q7.4", ("models", "epoch 10", "by_guidance", "3", "fid"), "10.2", FID),
+        ("Q7.4", ("models", "epoch 50", "by_guidance", "3", "fid"), "10.3", FID),
+        ("Q7.4", ("models", "epoch 2", "by_guidance", "2", "fid"), "20.4", FID),
+        ("Q7.4", ("models", "epoch 25", "by_guidance", "2", "fid"), "9.1", FID),
+        ("Q7.4", ("models", "epoch 1", "by_guidance", "3", "accuracy"), "0.29", 0.006),
+        ("Q7.4", ("models", "you (4 ep.)", "by_guidance", "3", "fid"), "28.2", RUN_FID),
+        ("Q7.4", ("models", "you (4 ep.)", "by_guidance", "2", "fid"), "29.8", RUN_FID),
+        ("Q7.4", ("models", "you (4 ep.)", "accuracy"), "0.60", 0.05),
+        ("Q7.5", ("models", "you, raw (4 ep.)", "fid"), "24.7", RUN_FID),
+        ("Q7.5", ("models", "you, raw (4 ep.)", "accuracy"), "0.67", 0.05),
+        ("Q7.5", ("models", "you (4 ep.)", "heldout_loss"), "0.160", RUN),
+        ("Q7.5", ("models", "you, raw (4 ep.)", "heldout_loss"), "0.168", RUN),
+        ("Q7.6", ("fid_vs_images", "real", "200"), "3.57", 0.006),
+        ("Q7.6", ("fid_vs_images", "real", "500"), "1.63", 0.006),
+        ("Q7.8", ("models", "main (100 ep.)", "train_loss_same_estimator"), "0.103", 0.0006),
+        ("Q7.8", ("models", "epoch 1", "train_loss_same_estimator"), "0.170", 0.0006),
     ],
     "06": [
         ("Q6.2", ("quality", "ddpm/5", "fid"), "13.18", FID),
