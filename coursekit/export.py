@@ -69,11 +69,14 @@ def _wrap(text: str, width: int = WRAP, prefix: str = "") -> str:
     return "\n".join(out)
 
 
+BREAK_AFTER = re.compile(r"(?<=[_/(])(?=[^\s\\|])")  # "beta_(T-1)" may break after "_" and "("
+SCIENTIFIC = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?e[-+]\d+\b")  # 4.128e-05, -1.2e+03
 LONG_TOKEN = re.compile(r"[\w.\-/]{14,}")
 
 
 def breakable_tables(markdown: str) -> str:
-    """Let LaTeX break long names ("down_blocks.2.1.attn1") in table cells after "." and "_" and in CamelCase.
+    """Let LaTeX break names in table cells after "_", "/" and "(", long names ("down_blocks.2.1.attn1") also
+    after "." and in CamelCase, and never break a number in scientific notation ("4.128e-05") at its sign.
 
     LaTeX never breaks inside a word, so in a table that fills the page one long layer name
     would run over its neighbours; ``\\allowbreak`` is invisible and only offers a break.
@@ -82,12 +85,16 @@ def breakable_tables(markdown: str) -> str:
         token = re.sub(r"([._/])", r"\1\\allowbreak{}", match.group(0))
         return re.sub(r"(?<=[a-z])(?=[A-Z])", r"\\allowbreak{}", token)  # SpatialTransformer
 
+    def keep(match: re.Match) -> str:
+        return f"\\mbox{{{match.group(0)}}}"  # 1.234e-05 would otherwise break after its "-"
+
     lines = []
     for line in markdown.splitlines():
         is_row = line.lstrip().startswith("|") and not set(line.strip()) <= set("|-: ")
         if is_row:  # not inside `code spans`, where LaTeX commands would print literally
             parts = line.split("`")
-            line = "`".join(LONG_TOKEN.sub(soften, p) if i % 2 == 0 else p for i, p in enumerate(parts))
+            line = "`".join(SCIENTIFIC.sub(keep, BREAK_AFTER.sub(r"\\allowbreak{}", LONG_TOKEN.sub(soften, p)))
+                            if i % 2 == 0 else p for i, p in enumerate(parts))
         lines.append(line)
     return "\n".join(lines)
 

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import re
+
 import inspect
 import textwrap
 from typing import Any, Sequence
@@ -34,6 +36,13 @@ def _cell(value: Any, digits: int) -> str:
     return str(value)
 
 
+def _longest_piece(text: str) -> int:
+    """The length of the longest part of a table cell that a line break cannot split."""
+    # the export (coursekit.export.breakable_tables) lets a line break after "_", "/" and "(", and after the "."
+    # of a long name; never inside a number
+    return max([0] + [len(piece) for piece in re.split(r"\s+|(?<=[_/(])|(?<=[A-Za-z]\.)", text)])
+
+
 def table_markdown(rows: Sequence[Sequence[Any]], headers: Sequence[str], digits: int = 4) -> str:
     """Rows as a Markdown table; floats with ``digits`` significant digits (scientific when tiny or huge).
 
@@ -48,9 +57,11 @@ def table_markdown(rows: Sequence[Sequence[Any]], headers: Sequence[str], digits
             raise ValueError(f"a row has {len(row)} cells but there are {len(headers)} headers: {row!r}")
         body.append([escape(_cell(v.item() if hasattr(v, "item") else v, digits)) for v in row])
     head = [escape(h) for h in headers]
-    # pandoc (the PDF export) sizes a wide table's columns by the dashes under each header:
-    # as many as the column's longest entry, so long names wrap instead of running over
-    widths = [max([3, len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(head)]
+    # pandoc (the PDF export) sizes a wide table's columns by the dashes under each header. A number cannot
+    # wrap; words and names can (at spaces, and the export lets names break after "_", "." and "("). So a
+    # column gets as many dashes as its longest piece that cannot break, and long headers wrap instead of
+    # squeezing the numbers of their neighbours into each other
+    widths = [max([3] + [_longest_piece(c) for c in [h] + [r[i] for r in body]]) for i, h in enumerate(head)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("-" * w for w in widths) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in body]
     return "\n".join(lines)

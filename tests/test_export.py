@@ -103,7 +103,8 @@ def executed(tmp_path_factory):
     nb = nbformat.read(folder / NB01.name, as_version=4)
     first = Q.find_questions(nb)[0]
     cell = nb.cells[first.answer_index]
-    cell.source = cell.source.replace(Q.BEGIN_SOLUTION, Q.BEGIN_SOLUTION + "\n# Greek check: β_t and ᾱ_t, ε ~ N(0, I)")
+    cell.source = cell.source.replace(Q.BEGIN_SOLUTION, Q.BEGIN_SOLUTION + "\n# Greek check: β_t and ᾱ_t, ε ~ N(0, I)"
+                                      "\n# 答案：扩散模型的噪声 and an emoji 👜 😀")
     nbformat.write(nb, folder / NB01.name)
     return folder
 
@@ -119,8 +120,12 @@ def test_the_answers_pdf_holds_questions_answers_figures_and_derivations(execute
         assert q.label in text, q.label
         first_words = " ".join(q.answer.strip().lstrip("#").split()[:4])
         assert first_words in " ".join(text.split()), (q.label, first_words)
-    # Greek typed as Unicode in an answer survives only with the DejaVu fonts
+    # Greek typed as Unicode in an answer survives only with the DejaVu fonts; Chinese and emoji with the fallbacks
     assert "β_t and ᾱ_t, ε" in text
+    assert "答案：扩散模型的噪声" in text and "👜" in text and "😀" in text
+    # tables: no two numbers run into each other (e.g. "0.0021930.002202"), no number split over two lines
+    assert not re.findall(r"\d\.\d+\.\d", text), re.findall(r"\S*\d\.\d+\.\d\S*", text)[:5]
+    assert not re.findall(r"\de-\n", text), "a number in scientific notation was wrapped"
     # math: \bar\alpha_t and friends come out as math glyphs
     assert re.search("[\U0001d6fc\U0001d6fd\U0001d6c2\U0001d716\u03b1\u03b2]", text)
     # the derivations follow, with resolved code references
