@@ -38,6 +38,12 @@ QUOTED: dict[str, list[tuple[str, tuple, str, float]]] = {
         ("Q3.8", ("prompt_effect_on_z0_hat", "500"), "0.271", 0.0006),
         ("Q3.8", ("prompt_effect_on_z0_hat", "800"), "0.507", 0.0006),
         ("Q3.8", ("prompt_effect_on_z0_hat", "950"), "0.516", 0.0006),
+        ("Q3.9", ("skip_ablation_eps_mse", "0.0", "900"), "1.02", 0.006),
+        ("Q3.9", ("skip_ablation_eps_mse", "1.0", "900"), "0.0047", 0.00006),
+        ("Q3.9", ("skip_ablation_eps_mse", "0.0", "10"), "1.31", 0.006),
+        ("Q3.9", ("skip_ablation_eps_mse", "1.0", "10"), "0.66", 0.006),
+        ("Q3.9", ("skip_ablation_samples", "0.0", "latent_std"), "14.9", 0.06),
+        ("Q3.9", ("skip_ablation_samples", "1.0", "latent_std"), "0.97", 0.006),
     ],
     "05": [
         ("Q5.2", ("context_relative_change", "sneaker_to_sandal", 0), "1.79", 0.006),
@@ -117,6 +123,12 @@ QUOTED: dict[str, list[tuple[str, tuple, str, float]]] = {
         ("Q6.2", ("quality", "dpmsolver++/10", "fid"), "9.83", FID),
         ("Q6.2", ("quality", "dpmsolver++/20", "fid"), "9.42", FID),
         ("Q6.2", ("real_floor", "fid"), "7.81", FID),
+        ("Q6.5", ("latent_rms", "ddpm"), "1.042", 0.0006),
+        ("Q6.5", ("latent_rms", "ddim"), "1.060", 0.0006),
+        ("Q6.5", ("latent_rms", "dpmsolver++"), "1.053", 0.0006),
+        ("Q6.5", ("latent_rms", "real"), "1.007", 0.0006),
+        ("Q6.6", ("determinism", "DDIM eta = 1, same x_T, step-noise seeds 1 and 2", "rms_difference"), "0.374", 0.0006),
+        ("Q6.6", ("determinism", "DDIM eta = 0, x_T from two different seeds", "rms_difference"), "0.513", 0.0006),
     ],
 }
 
