@@ -189,9 +189,9 @@ def failure_reason(stderr: str, returncode: int | None) -> str:
     """The cause of a failed run in plain words (a dead kernel, a signal), without start-up warnings."""
     if "DeadKernelError" in stderr or "Kernel died" in stderr or "kernel died" in stderr:
         return "the kernel died (the code killed it, e.g. with os._exit or a signal, or it crashed)"
-    kept = [line for line in stderr.strip().splitlines() if line.strip() and not any(n in line for n in _NOISE)]
+    kept = _tail("\n".join(line for line in stderr.splitlines() if not any(n in line for n in _NOISE)))
     if kept:
-        return " | ".join(kept[-3:])[:500]
+        return kept
     if returncode is not None and returncode < 0:
         return f"killed by signal {-returncode}"
     return f"exit code {returncode}"
