@@ -3,6 +3,7 @@
 ::
 
     python -m coursekit course  [--out output]      every notebook in quick mode, samples, evaluation, answers PDF
+    python -m coursekit full-mode [--out output/full]  every notebook with its defaults; results to answers/full_mode
     python -m coursekit export  [--notebooks output/notebooks] [--out answers/answers.pdf]
     python -m coursekit release --out release/ [--overwrite]
     python -m coursekit grade   SUBMISSIONS --out grading/ [--jobs 2] [--timeout 600] [--memory-gb 8]
@@ -24,6 +25,12 @@ def _course(args) -> int:
     from .course import run_course
 
     return run_course(args.out, args.checkpoint, args.device, pdf=None if args.no_pdf else args.pdf)
+
+
+def _full_mode(args) -> int:
+    from .course import run_full_mode
+
+    return run_full_mode(args.out, args.checkpoint, args.device)
 
 
 def _export(args) -> int:
@@ -82,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pdf", default=str(REPO / "answers" / "answers.pdf"), help="where the answers PDF goes")
     p.add_argument("--no-pdf", action="store_true", help="skip the answers PDF")
     p.set_defaults(run=_course)
+
+    p = sub.add_parser("full-mode", help="every notebook with its default parameters; keeps the results that the "
+                                          "reference answers quote in answers/full_mode/")
+    p.add_argument("--out", default="output/full", help="folder for the executed notebooks")
+    p.add_argument("--checkpoint", default=str(REPO / "checkpoints"))
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=_full_mode)
 
     p = sub.add_parser("export", help="questions, answers, figures and derivations of executed notebooks -> one PDF")
     p.add_argument("--notebooks", default="output/notebooks", help="folder of executed NN_*.ipynb (./kit course)")

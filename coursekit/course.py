@@ -26,15 +26,20 @@ from . import REPO
 
 
 
-def run_notebooks(out: Path, checkpoint: Path, device: str) -> list[dict]:
-    """Execute ``notebooks/NN_*.ipynb`` in quick mode into ``out``; one status dict per notebook."""
+FULL_MODE = REPO / "answers" / "full_mode"  # the results files of the last full run, which the answers quote
+
+
+def run_notebooks(out: Path, checkpoint: Path, device: str, quick: bool = True) -> list[dict]:
+    """Execute ``notebooks/NN_*.ipynb`` (in quick mode, or with their default parameters) into ``out``;
+    one status dict per notebook."""
     import papermill
 
     out.mkdir(parents=True, exist_ok=True)
     statuses = []
     for source in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         known = papermill.inspect_notebook(str(source))
-        wanted = {"quick": True, "device": "cpu" if device == "auto" else device, "checkpoint_dir": str(checkpoint)}
+        wanted = {"quick": quick, "device": "cpu" if device == "auto" else device, "checkpoint_dir": str(checkpoint),
+                  "evaluator_dir": str(checkpoint)}
         params = {k: v for k, v in wanted.items() if k in known}
         start = time.perf_counter()
         status = {"notebook": source.name, "ok": True, "error": None}
@@ -48,6 +53,36 @@ def run_notebooks(out: Path, checkpoint: Path, device: str) -> list[dict]:
               + (f"  {status['error']}" if status["error"] else ""), flush=True)
         statuses.append(status)
     return statuses
+
+
+def record_full_mode(executed: Path, statuses: list[dict], target: Path = FULL_MODE) -> list[Path]:
+    """Keep the results of a full run: each ``results_NN.json`` of ``executed`` copied into ``target`` (paths
+    written relative to the repository), and ``times.json`` with each notebook's wall time."""
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for results in sorted(Path(executed).glob("results_[0-9][0-9].json")):
+        text = results.read_text().replace(str(REPO) + "/", "").replace(str(Path(executed).resolve()), ".")
+        document = json.loads(text)
+        if document.get("parameters", {}).get("quick") is not False:
+            raise ValueError(f"{results} is not from a full run (quick = {document.get('parameters', {}).get('quick')})")
+        atomic_write_text(target / results.name, json.dumps(document, indent=1) + "\n")
+        written.append(target / results.name)
+    atomic_write_text(target / "times.json", json.dumps(statuses, indent=1) + "\n")
+    return written
+
+
+def run_full_mode(out: str | Path, checkpoint: str | Path = "checkpoints", device: str = "auto") -> int:
+    """Every notebook with its default parameters (an hour or more on a 2-core CPU), and the results kept in
+    ``answers/full_mode/`` for the reference answers' numbers (``tests/answer_numbers.py``)."""
+    out, checkpoint = Path(out).resolve(), Path(checkpoint).resolve()
+    statuses = run_notebooks(out, checkpoint, device, quick=False)
+    failed = [s["notebook"] for s in statuses if not s["ok"]]
+    if failed:
+        print(f"{len(failed)} notebook(s) failed: {', '.join(failed)}; nothing recorded")
+        return 1
+    for path in record_full_mode(out, statuses):
+        print(f"recorded {path}")
+    return 0
 
 
 def run_course(out: str | Path, checkpoint: str | Path = "checkpoints", device: str = "auto",

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from answer_numbers import QUOTED, lookup
+from answer_numbers import DEFAULT_QUOTED, QUOTED, lookup, number
 from coursekit import params, questions, results, show, widgets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,6 +158,23 @@ def test_quoted_numbers_stand_in_the_reference_answers(number):
     assert not missing, f"numbers the table ties to {path.name} that its answers do not write: {missing}"
 
 
+@pytest.mark.parametrize("notebook", sorted(DEFAULT_QUOTED), ids=lambda n: f"notebook_{n}")
+def test_quoted_full_run_numbers_match_the_recorded_full_run(notebook):
+    """The full-run numbers the answers quote stand in them and in the committed results of a full run."""
+    (path,) = [p for p in NOTEBOOKS if p.name.startswith(notebook)]
+    answers = {q.label: " ".join((q.answer or "").split()) for q in questions.find_questions(read(path))}
+    written = json.loads((ROOT / "answers" / "full_mode" / f"results_{notebook}.json").read_text())
+    assert written["parameters"]["quick"] is False
+    problems = []
+    for label, where, text, tol in DEFAULT_QUOTED[notebook]:
+        if not re.search(r"(?<![\d.,])" + re.escape(text) + r"(?![\d])", answers.get(label, "")):
+            problems.append(f"{label} does not write {text}")
+        value = lookup(written["values"], where)
+        if not abs(value - number(text)) <= tol:
+            problems.append(f"{label} quotes {text} for {'/'.join(map(str, where))}; the full run gave {value:.6g}")
+    assert not problems, "\n".join(problems)
+
+
 def _outputs(nb):
     for i, cell in enumerate(nb.cells):
         for out in cell.get("outputs", []):
@@ -182,7 +199,7 @@ def test_notebook_runs_in_quick_mode(path, tmp_path, kernel_env):
     drifted = []
     for label, where, text, tol in QUOTED.get(path.name[:2], []):
         value = lookup(written["values"], where)
-        if not abs(value - float(text)) <= tol:
+        if not abs(value - number(text)) <= tol:
             drifted.append(f"{label} quotes {text} for {'/'.join(map(str, where))}; the quick run gives {value:.6g}")
     assert not drifted, "reference answers quote numbers this run no longer gives:\n" + "\n".join(drifted)
 
