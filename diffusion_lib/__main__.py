@@ -169,8 +169,8 @@ def cmd_sample(args) -> int:
 
     out = check_output(Path(args.out), args.overwrite)
     check_sampling_args(args)
-    if args.max_hours <= 0:
-        raise ValueError(f"--max-hours must be > 0, got {args.max_hours}")
+    if not args.max_hours > 0 or args.max_hours == float("inf"):  # NaN fails the first test
+        raise ValueError(f"--max-hours must be a finite number > 0, got {args.max_hours}")
     pipe = Pipeline.from_pretrained(args.checkpoint, args.device, args.denoiser)
     prompts = _class_prompts(pipe) if args.all_classes else args.prompt
     pipe.check_request(prompts, num_images=args.num_images, num_inference_steps=args.steps, sampler=args.sampler,
