@@ -199,6 +199,19 @@ DEFAULT_QUOTED: dict[str, list[tuple[str, tuple, str, float]]] = {
         ("Q5.7", ("guidance", "0", "diversity"), "2.23", 0.006),
         ("Q5.7", ("guidance", "8", "diversity"), "0.62", 0.006),
     ],
+    "06": [
+        ("Q6.2", ("real_floor", "fid"), "0.681", 0.0006),
+        ("Q6.2", ("quality", "ddpm/5", "fid"), "8.49", 0.006),
+        ("Q6.2", ("quality", "ddpm/100", "fid"), "3.79", 0.006),
+        ("Q6.2", ("quality", "ddim/5", "fid"), "6.83", 0.006),
+        ("Q6.2", ("quality", "ddim/20", "fid"), "4.23", 0.006),
+        ("Q6.2", ("quality", "ddim/100", "fid"), "3.24", 0.006),
+        ("Q6.2", ("quality", "dpmsolver++/5", "fid"), "5.41", 0.006),
+        ("Q6.2", ("quality", "dpmsolver++/20", "fid"), "3.66", 0.006),
+        ("Q6.2", ("quality", "dpmsolver++/100", "fid"), "3.09", 0.006),
+        ("Q6.5", ("latent_rms", "ddpm"), "0.989", 0.0006),
+        ("Q6.5", ("latent_rms", "ddim"), "1.065", 0.0006),
+    ],
 }
 
 
