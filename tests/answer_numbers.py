@@ -212,6 +212,20 @@ DEFAULT_QUOTED: dict[str, list[tuple[str, tuple, str, float]]] = {
         ("Q6.5", ("latent_rms", "ddpm"), "0.989", 0.0006),
         ("Q6.5", ("latent_rms", "ddim"), "1.065", 0.0006),
     ],
+    "07": [
+        ("Q7.4", ("models", "you (5 ep.)", "by_guidance", "3", "fid"), "4.081", RUN_FID),
+        ("Q7.4", ("models", "epoch 5", "by_guidance", "3", "fid"), "4.083", 0.0006),
+        ("Q7.4", ("models", "you (5 ep.)", "by_guidance", "2", "fid"), "4.395", RUN_FID),
+        ("Q7.4", ("models", "epoch 5", "by_guidance", "2", "fid"), "4.369", 0.0006),
+        ("Q7.5", ("models", "you, raw (5 ep.)", "by_guidance", "3", "fid"), "5.55", RUN_FID),
+        ("Q7.5", ("models", "you (5 ep.)", "accuracy"), "0.971", 0.02),
+        ("Q7.5", ("models", "you, raw (5 ep.)", "accuracy"), "0.956", 0.02),
+        ("Q7.5", ("models", "you (5 ep.)", "heldout_loss"), "0.1293", RUN),
+        ("Q7.5", ("models", "you, raw (5 ep.)", "heldout_loss"), "0.1337", RUN),
+        ("Q7.9", ("models", "main (100 ep.)", "by_guidance", "3", "fid"), "3.46", 0.006),
+        ("Q7.9", ("models", "main (100 ep.)", "by_guidance", "2", "fid"), "2.35", 0.006),
+        ("Q7.9", ("autoencoder_floor", "fid"), "1.07", 0.006),
+    ],
 }
 
 
