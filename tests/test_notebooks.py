@@ -148,13 +148,18 @@ def test_python3_kernel_runs_this_python():
 
 
 # ------------------------------------------------------------------------------ execution
+def writes(answer: str, text: str) -> bool:
+    """Whether ``answer`` writes the number ``text`` as a whole number (not as part of a longer one)."""
+    return re.search(r"(?<![\d.,])" + re.escape(text) + r"(?!\d)", answer) is not None
+
+
 @pytest.mark.parametrize("number", sorted(QUOTED), ids=lambda n: f"notebook_{n}")
 def test_quoted_numbers_stand_in_the_reference_answers(number):
     """Each number of tests/answer_numbers.py is written, as written there, in its question's reference answer."""
     (path,) = [p for p in NOTEBOOKS if p.name.startswith(number)]
     answers = {q.label: " ".join((q.answer or "").split()) for q in questions.find_questions(read(path))}
     missing = [f"{label}: {text}" for label, _, text, _ in QUOTED[number]
-               if not re.search(r"(?<![\d.])" + re.escape(text) + r"(?!\d)", answers.get(label, ""))]
+               if not writes(answers.get(label, ""), text)]
     assert not missing, f"numbers the table ties to {path.name} that its answers do not write: {missing}"
 
 
@@ -167,7 +172,7 @@ def test_quoted_full_run_numbers_match_the_recorded_full_run(notebook):
     assert written["parameters"]["quick"] is False
     problems = []
     for label, where, text, tol in DEFAULT_QUOTED[notebook]:
-        if not re.search(r"(?<![\d.,])" + re.escape(text) + r"(?![\d])", answers.get(label, "")):
+        if not writes(answers.get(label, ""), text):
             problems.append(f"{label} does not write {text}")
         value = lookup(written["values"], where)
         if not abs(value - number(text)) <= tol:
