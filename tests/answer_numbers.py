@@ -162,6 +162,7 @@ QUOTED: dict[str, list[tuple[str, tuple, str, float]]] = {
         ("Q7.8", ("models", "epoch 1", "train_loss_same_estimator"), "0.170", 0.0006),
     ],
     "06": [
+        ("Q6.5", ("settle_t_half_distance", "ddpm"), "832", 0.5),
         ("Q6.2", ("quality", "ddpm/5", "fid"), "13.18", FID),
         ("Q6.2", ("quality", "ddpm/10", "fid"), "11.90", FID),
         ("Q6.2", ("quality", "ddpm/20", "fid"), "10.63", FID),
@@ -277,6 +278,9 @@ DEFAULT_QUOTED: dict[str, list[tuple[str, tuple, str, float]]] = {
         ("Q5.7", ("guidance", "8", "diversity"), "0.62", 0.006),
     ],
     "06": [
+        ("Q6.5", ("settle_t_half_distance", "ddpm"), "839", 0.5),
+        ("Q6.5", ("settle_t_half_distance", "ddim"), "859", 0.5),
+        ("Q6.5", ("settle_t_half_distance", "dpmsolver++"), "859", 0.5),
         ("Q6.2", ("real_floor", "fid"), "0.681", 0.0006),
         ("Q6.2", ("quality", "ddpm/5", "fid"), "8.49", 0.006),
         ("Q6.2", ("quality", "ddpm/100", "fid"), "3.79", 0.006),
