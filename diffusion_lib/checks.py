@@ -67,6 +67,14 @@ def eta(name: str, value: Any) -> float:
     return real(name, value, 0.0, 1.0)
 
 
+def strength(name: str, value: Any) -> float:
+    """SDEdit's strength: the share of the sampler's steps that an img2img run visits, in (0, 1]."""
+    value = real(name, value, 0.0, 1.0)
+    if value == 0:
+        raise ValueError(f"{name} must be above 0 (0 would not change the image at all); got 0")
+    return value
+
+
 def _describe(tp: Any) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):

@@ -19,9 +19,10 @@ import torch
 
 from . import checks
 from .autoencoder import AutoencoderKL, load_autoencoder
-from .data import to_pixels
+from .data import to_model_space, to_pixels
 from .denoiser import Denoiser, load_denoiser
 from .device import resolve_device
+from .editing import latent_mask
 from .guidance import classifier_free_guidance
 from .samplers import SAMPLERS, Trajectory, inference_timesteps, resolve_sampler_name, sample
 from .schedules import NoiseSchedule
@@ -84,6 +85,13 @@ class Pipeline:
         return (n, cfg.latent_channels, side, side)
 
     @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images, uint8 (B, 28, 28) or model space (B, 1, 32, 32) -> scaled latents z (B, 4, h, w)."""
+        x = _images_as_model_space(images, "images").to(self.device)
+        # z = scale_factor * mu(x): the posterior mean, scaled to unit variance as in training
+        return self.vae.encode(x).mode() * self.vae.config.scale_factor
+
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents z (B, 4, h, w) -> model-space images (B, 1, 4h, 4w)."""
         # x = D(z / scale_factor): undo the unit-variance scaling before decoding
@@ -134,6 +142,10 @@ class Pipeline:
         return_trajectory: bool = False,
         progress: bool = True,
         batch_size: int = 500,
+        negative_prompt: str | list[str] | None = None,
+        image: torch.Tensor | None = None,
+        strength: float = 1.0,
+        mask: torch.Tensor | None = None,
     ) -> PipelineOutput:
         """Generate ``num_images`` images per prompt.
 
@@ -144,9 +156,18 @@ class Pipeline:
         :param seed: seed of a CPU generator (same images on CPU and GPU); or pass ``generator``
         :param batch_size: images per sampler call (bounds memory; results do not depend on it
             except through the order in which noise is drawn)
+        :param negative_prompt: what guidance steers away from, in place of the empty prompt: one prompt for
+            all, or one per prompt (guided output eps(neg) + w (eps(prompt) - eps(neg)))
+        :param image: img2img / inpainting: the image(s) to start from, uint8 (M, 28, 28) or model space
+            (M, 1, 32, 32), M = 1 or one per generated image
+        :param strength: SDEdit's s in (0, 1]: how much of the sampling path to redo (needs ``image``)
+        :param mask: inpainting: (M or 1, 28, 28) or (M or 1, 1, 32, 32), 1 = redraw, 0 = keep (needs ``image``)
         """
         prompts = self.check_request(prompt, num_images, num_inference_steps, sampler, guidance_scale, eta,
                                      timestep_spacing)
+        negatives = self._negative_prompts(negative_prompt, prompts)
+        total = len(prompts) * num_images
+        z_init, latent_masks = self._edit_inputs(image, strength, mask, total)
         batch_size = checks.integer("batch_size", batch_size, 1)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
@@ -154,6 +175,7 @@ class Pipeline:
         # a prompt without words ("", "!!!") is the unconditional prompt: label -1
         labels = [-1 if (index := tokenizer.class_index(p)) is None else index for p in prompts]
         all_prompts = [p for p in prompts for _ in range(num_images)]
+        all_negatives = [n for n in negatives for _ in range(num_images)]
         all_labels = torch.tensor([lab for lab in labels for _ in range(num_images)], dtype=torch.long)
         if generator is None:
             seed = checks.seed("seed", seed) if seed is not None else torch.seed() % 2**63
@@ -162,17 +184,23 @@ class Pipeline:
         latents, trajectories = [], []
         for start in range(0, len(all_prompts), batch_size):
             chunk = all_prompts[start : start + batch_size]
+            chunk_negatives = all_negatives[start : start + batch_size]
             # the prompt encoder runs once per distinct prompt at each step (here at most 11 with
             # the empty one, whatever the batch), and every image looks its prompt's context up
-            distinct = list(dict.fromkeys(chunk + [""]))
+            distinct = list(dict.fromkeys(chunk + chunk_negatives))
             table = self.denoiser.encode_prompts(distinct)  # (P, L)
             rows = torch.tensor([distinct.index(p) for p in chunk], device=self.device)  # (B,)
+            # the "unconditional" rows: the empty prompt, or the negative prompt in its place
+            negative_rows = torch.tensor([distinct.index(p) for p in chunk_negatives], device=self.device)
 
             def model(x, t, prompt_rows, table=table):
                 return self.denoiser(x, t, table, prompt_rows)
 
-            empty_row = torch.tensor([distinct.index("")], device=self.device)
-            model_fn = classifier_free_guidance(model, rows, empty_row, guidance_scale)
+            model_fn = classifier_free_guidance(model, rows, negative_rows, guidance_scale)
+            edit = {}
+            if z_init is not None:
+                edit = {"x_init": z_init[start : start + len(chunk)], "strength": strength,
+                        "mask": None if latent_masks is None else latent_masks[start : start + len(chunk)]}
             result = sample(
                 model_fn,
                 self.latent_shape(len(chunk)),
@@ -186,6 +214,7 @@ class Pipeline:
                 return_trajectory=return_trajectory,
                 progress=progress,
                 device=self.device,
+                **edit,
             )
             if return_trajectory:
                 result, traj = result
@@ -203,3 +232,70 @@ class Pipeline:
                     [torch.cat(parts) for parts in zip(*(t.x0_pred for t in trajectories))],
                 )
         return PipelineOutput(to_pixels(x), all_labels, all_prompts, x, z0.cpu(), trajectory)
+
+    def _negative_prompts(self, negative_prompt, prompts: list[str]) -> list[str]:
+        """One negative prompt per prompt ("" when none is given), checked against the vocabulary."""
+        if negative_prompt is None:
+            return [""] * len(prompts)
+        if isinstance(negative_prompt, str):
+            negatives = [negative_prompt] * len(prompts)
+        elif isinstance(negative_prompt, (list, tuple)) and all(isinstance(p, str) for p in negative_prompt):
+            negatives = list(negative_prompt)
+            if len(negatives) != len(prompts):
+                raise ValueError(f"negative_prompt has {len(negatives)} prompts for {len(prompts)} prompts: give "
+                                 "one for all, or one per prompt")
+        else:
+            raise TypeError(f"negative_prompt must be a string or a list of strings, got {type(negative_prompt).__name__}")
+        self.denoiser.tokenizer.encode(negatives)
+        return negatives
+
+    def _edit_inputs(self, image, strength, mask, total: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The clean latents (total, 4, h, w) and latent masks (total, 1, h, w) of an img2img or inpainting call."""
+        if image is None:
+            if mask is not None or strength != 1.0:
+                raise ValueError("strength and mask edit an image: pass image= as well")
+            return None, None
+        checks.strength("strength", strength)
+        z = self.encode(_per_image(_images_as_model_space(image, "image"), total, "image"))
+        if mask is None:
+            return z, None
+        pixel_mask = _per_image(_mask_as_model_space(mask), total, "mask")
+        return z, latent_mask(pixel_mask, self.vae.config.downsample_factor).to(self.device)
+
+
+def _images_as_model_space(images, name: str) -> torch.Tensor:
+    """uint8 (B, 28, 28) pixels or float (B, 1, 32, 32) model space -> model space, or a clear error."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, uint8 (B, 28, 28) or model space (B, 1, 32, 32); "
+                        f"got {type(images).__name__}")
+    if images.dtype == torch.uint8 and images.dim() == 3 and tuple(images.shape[1:]) == (28, 28):
+        return to_model_space(images)
+    if images.is_floating_point() and images.dim() == 4 and tuple(images.shape[1:]) == (1, 32, 32):
+        return images.float()
+    raise ValueError(f"{name} has shape {tuple(images.shape)} and dtype {images.dtype}; expected uint8 "
+                     "(B, 28, 28) pixels or float (B, 1, 32, 32) in [-1, 1]")
+
+
+def _mask_as_model_space(mask) -> torch.Tensor:
+    """(B, 28, 28) or (B, 1, 32, 32), bool or values in [0, 1] -> float (B, 1, 32, 32); the border is kept."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a tensor (B, 28, 28) or (B, 1, 32, 32), got {type(mask).__name__}")
+    m = mask.float()
+    if not torch.isfinite(m).all() or m.min() < 0 or m.max() > 1:
+        raise ValueError("mask values must lie in [0, 1] (1 = redraw, 0 = keep)")
+    if m.dim() == 3 and tuple(m.shape[1:]) == (28, 28):
+        pad = (32 - 28) // 2
+        return torch.nn.functional.pad(m.unsqueeze(1), (pad, pad, pad, pad), value=0.0)
+    if m.dim() == 4 and tuple(m.shape[1:]) == (1, 32, 32):
+        return m
+    raise ValueError(f"mask has shape {tuple(mask.shape)}; expected (B, 28, 28) or (B, 1, 32, 32)")
+
+
+def _per_image(x: torch.Tensor, total: int, name: str) -> torch.Tensor:
+    """One row per generated image: a single row is repeated, otherwise the count must match."""
+    if x.shape[0] == 1:
+        return x.expand(total, *x.shape[1:])
+    if x.shape[0] != total:
+        raise ValueError(f"{name} holds {x.shape[0]} images for {total} generated images: give one for all, "
+                         "or one per generated image (prompts x num_images)")
+    return x

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import checks
+from . import checks, editing
 from .schedules import NoiseSchedule, check_prediction_type
 
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
@@ -256,8 +256,11 @@ def sample(
     progress: bool = True,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    x_init: torch.Tensor | None = None,
+    strength: float = 1.0,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
-    r"""Generate samples by integrating the reverse process from x_T ~ N(0, I).
+    r"""Generate samples by integrating the reverse process from x_T ~ N(0, I), or edit ``x_init``.
 
     :param model_fn: ``model_fn(x_t (B, ...), t (B,) int64) -> output (B, ...)``
     :param shape: the shape of the batch, e.g. (B, 4, 8, 8)
@@ -267,6 +270,11 @@ def sample(
     :param generator: makes the initial and per-step noise reproducible
     :param x_T: start from this noise instead of drawing it
     :param return_trajectory: also return a :class:`Trajectory`
+    :param x_init: clean data to edit (``shape``): SDEdit starts from it noised to the first visited step
+        (:mod:`diffusion_lib.editing`)
+    :param strength: SDEdit's s in (0, 1]: visit only the last ceil(s N) of the N timesteps (needs ``x_init``)
+    :param mask: inpainting, (B or 1, 1, h, w) in [0, 1], 1 = redraw: after every step the rest is replaced by
+        ``x_init`` noised to the new level (needs ``x_init``)
     :returns: x_0 (``shape``) or ``(x_0, trajectory)``
     """
     sampler = resolve_sampler_name(sampler)
@@ -279,10 +287,20 @@ def sample(
             "this schedule has zero terminal SNR: at t = T-1 an epsilon prediction says nothing about x_0. "
             "Train and sample with prediction_type='v_prediction'."
         )
-    timesteps = inference_timesteps(schedule.num_train_timesteps, num_inference_steps, timestep_spacing).tolist()
+    timesteps = inference_timesteps(schedule.num_train_timesteps, num_inference_steps, timestep_spacing)
+    editing.check_edit_inputs(shape, x_init, strength, mask)
+    if x_init is not None and x_T is not None:
+        raise ValueError("pass either x_T (start from that noise) or x_init (edit that image), not both")
     if device is None:
-        device = x_T.device if x_T is not None else "cpu"
-    x = randn(shape, generator, device, dtype) if x_T is None else x_T.to(device=device, dtype=dtype)
+        device = next((v.device for v in (x_T, x_init) if v is not None), "cpu")
+    if x_init is None:
+        x = randn(shape, generator, device, dtype) if x_T is None else x_T.to(device=device, dtype=dtype)
+    else:
+        timesteps = editing.img2img_timesteps(timesteps, strength)
+        x_init = x_init.to(device=device, dtype=dtype)
+        mask = mask.to(device=device, dtype=dtype) if mask is not None else None
+        x = editing.noised_start(schedule, x_init, int(timesteps[0]), randn(shape, generator, device, dtype))
+    timesteps = timesteps.tolist()
     trajectory = Trajectory() if return_trajectory else None
     solver = DPMSolverPP2M(schedule) if sampler == "dpmsolver++" else None
 
@@ -303,6 +321,11 @@ def sample(
             x, x0_hat = ddim_step(schedule, out, t, t_prev, x, eta, noise, prediction_type)
         else:
             x, x0_hat = solver.step(out, t, t_prev, x, prediction_type)
+        if mask is not None:
+            # the kept region: the original at the new noise level (exactly x_init after the last step)
+            known = x_init if t_prev < 0 else editing.noised_start(schedule, x_init, t_prev,
+                                                                   randn(shape, generator, device, dtype))
+            x = editing.inpaint_blend(x, known, mask)
         if trajectory is not None:
             trajectory.x0_pred.append(x0_hat.detach().cpu())
     if trajectory is not None:
