@@ -42,7 +42,8 @@ WRAP = 80  # characters per line of answers and printed output: the PDF page hol
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-FIGURE_REPR = re.compile(r"^<(Figure|matplotlib\.\S+) .*>$")
+# the text stand-in of an object that only a browser shows (a figure, an HTML animation, a widget)
+FIGURE_REPR = re.compile(r"^<(Figure|matplotlib\.\S+|IPython\.core\.display\.\w+ object)\b.*>$")
 CODE_REF = re.compile(r"\[code:\s*([\w./-]+\.py)::([\w.]+)\]")
 HEADING = re.compile(r"^#{1,3}\s")
 
@@ -52,6 +53,9 @@ class ExportError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------- outputs
+CAPTION = "*What to look at.*"
+
+
 def _text(value: Any) -> str:
     return "".join(value) if isinstance(value, list) else str(value)
 
@@ -191,6 +195,11 @@ def is_answer_cell(cell: dict) -> bool:
     return Q.ANSWER_TAG in cell.get("metadata", {}).get("tags", [])
 
 
+def is_caption(cell: dict) -> bool:
+    """A figure's caption: the markdown cell under it that starts with "*What to look at.*"."""
+    return cell["cell_type"] == "markdown" and _text(cell["source"]).lstrip().startswith(CAPTION)
+
+
 def _strip_question_markers(text: str) -> str:
     return text.replace(Q.BEGIN_QUESTION, "").replace(Q.END_QUESTION, "").strip()
 
@@ -250,22 +259,24 @@ def notebook_section(path: Path) -> list:
         out.append(nbformat.v4.new_markdown_cell("*This notebook has no embedded questions.*"))
     for q in found:
         start = _section_start(cells, q.question_index)
-        context = []
+        context = []  # the outputs of the section, each figure followed by its caption
         for i in range(start, q.question_index):
             if i in shown or Q.is_question_cell(cells[i]) or is_answer_cell(cells[i]):
                 continue
             outputs = shown_outputs(cells[i])
             if outputs:
                 shown.add(i)
-                context.extend(outputs)
+                holder = nbformat.v4.new_code_cell(source="")
+                holder.outputs = [nbformat.from_dict(o) for o in outputs]
+                holder.metadata["coursekit"] = {"context_for": q.label}
+                context.append(holder)
+                if i + 1 < len(cells) and is_caption(cells[i + 1]):
+                    context.append(nbformat.v4.new_markdown_cell(_text(cells[i + 1]["source"])))
         if context:
-            holder = nbformat.v4.new_code_cell(source="")
-            holder.outputs = [nbformat.from_dict(o) for o in context]
-            holder.metadata["coursekit"] = {"context_for": q.label}
             heading = _text(cells[start]["source"]).splitlines()[0].lstrip("# ").strip() if start else ""
             note = f"*What {q.label} refers to" + (f" (section {heading})*" if heading else "*")
             out.append(nbformat.v4.new_markdown_cell(note))
-            out.append(holder)
+            out.extend(context)
         out.append(nbformat.v4.new_markdown_cell(_strip_question_markers(q.prompt)))
         answer = cells[q.answer_index] if q.answer_index is not None else None
         cell = nbformat.v4.new_code_cell(source=_answer_source(answer))

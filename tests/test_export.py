@@ -65,7 +65,9 @@ def test_live_only_outputs_are_dropped():
     bar = {"output_type": "stream", "name": "stderr", "text": "50%|#####     | 5/10 [00:01<00:01, 4.2it/s]"}
     figure_repr = {"output_type": "execute_result", "data": {"text/plain": "<Figure size 640x480 with 1 Axes>"}}
     listing = {"output_type": "display_data", "data": {"text/markdown": "`x`\n\n```python\ndef f(): pass\n```"}}
-    for output in (widget, bar, figure_repr, listing):
+    animation = {"output_type": "display_data", "data": {"text/html": "<video ...>",
+                                                          "text/plain": "<IPython.core.display.HTML object>"}}
+    for output in (widget, bar, figure_repr, listing, animation):
         assert export.clean_output(output) is None
     printed = {"output_type": "stream", "name": "stdout", "text": "\x1b[31mloss 0.12\x1b[0m\rloss 0.11\n"}
     assert export.clean_output(printed)["text"] == "loss 0.11"
@@ -128,6 +130,14 @@ def test_the_answers_pdf_holds_questions_answers_figures_and_derivations(execute
     assert not re.findall(r"\de-\n", text), "a number in scientific notation was wrapped"
     # math: \bar\alpha_t and friends come out as math glyphs
     assert re.search("[\U0001d6fc\U0001d6fd\U0001d6c2\U0001d716\u03b1\u03b2]", text)
+    # each figure is followed by its caption, as in the notebook
+    captions = [c.source for c in export.notebook_section(executed / NB01.name) if export.is_caption(c)]
+    assert len(captions) >= 5
+    flat = " ".join(text.split())
+    for caption in captions:
+        words = " ".join(caption.replace("*What to look at.*", "").split()[:5])
+        if "$" not in words:
+            assert words in flat, words
     # the derivations follow, with resolved code references
     assert "Derivations" in text and "The posterior" in text and "diffusion_lib/schedules.py" in text
     assert "[code:" not in text
