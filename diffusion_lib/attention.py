@@ -46,6 +46,25 @@ from torch import nn
 from .layers import shortcuts_enabled
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Scaled dot-product attention (Vaswani et al. 2017), the formula itself.
+
+    :param q: queries (..., N, d)
+    :param k: keys (..., L, d)
+    :param v: values (..., L, d_v)
+    :param mask: optional bool, broadcastable to (..., N, L); ``False`` = may not attend
+    :returns: the output A V (..., N, d_v) and the weights A (..., N, L), every row summing to 1
+    """
+    # A = softmax(Q K^T / sqrt(d))   (..., N, L); every row sums to 1 over the keys
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    # out = A V
+    return weights @ v, weights
+
+
 class Attention(nn.Module):
     """Multi-head (self- or cross-) attention as in Stable Diffusion's ``CrossAttention``.
 
@@ -101,16 +120,10 @@ class Attention(nn.Module):
             # softmax(Q K^T / sqrt(d)) V, fused: the N x L matrix is never stored
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
-            # A = softmax(Q K^T / sqrt(d))   (B, heads, N, L); every row sums to 1 over the context
-            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            weights = scores.softmax(dim=-1)
+            out, weights = attention(q, k, v, mask)
             if self.recorder is not None:
                 maps, name = self.recorder
                 maps[name].append(weights.detach())
-            # out = A V
-            out = weights @ v
         b, _, n, _ = out.shape
         # concatenate the heads again: (B, heads, N, d) -> (B, N, heads * d)
         out = out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
