@@ -24,6 +24,7 @@ from pathlib import Path
 import nbformat
 
 from . import questions as Q
+from .exercises import EXERCISE_TAG
 from . import REPO
 
 NOTEBOOKS = REPO / "notebooks"
@@ -47,6 +48,23 @@ def strip_answer(source: str) -> str:
     return "\n".join(lines[: start + 1] + [Q.STUDENT_PLACEHOLDER] + lines[end:])
 
 
+def strip_exercise(source: str, label: str) -> str:
+    """An exercise cell's source with the solution replaced by ``raise NotImplementedError`` (at its indentation)."""
+    lines = source.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == Q.BEGIN_SOLUTION)
+        end = next(i for i, line in enumerate(lines) if line.strip() == Q.END_SOLUTION and i > start)
+    except StopIteration:
+        raise ReleaseError(f"exercise {label}: its cell lacks {Q.BEGIN_SOLUTION} ... {Q.END_SOLUTION}") from None
+    indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
+    stub = f'{indent}raise NotImplementedError("{label}: write this function")'
+    return "\n".join(lines[: start + 1] + [stub] + lines[end:])
+
+
+def is_exercise_cell(cell) -> bool:
+    return cell.get("cell_type") == "code" and EXERCISE_TAG in cell.get("metadata", {}).get("tags", [])
+
+
 def student_notebook(nb):
     """A copy of notebook ``nb`` as students get it."""
     nb = copy.deepcopy(nb)
@@ -61,26 +79,35 @@ def student_notebook(nb):
         cell.metadata.pop("execution", None)
         is_answer = i in answer_cells or Q.ANSWER_TAG in cell.metadata.get("tags", []) or \
             cell.metadata.get("nbgrader", {}).get("solution")
-        if is_answer:
+        if is_exercise_cell(cell):
+            gid = cell.metadata["nbgrader"]["grade_id"]  # ex6_1 -> Exercise 6.1
+            cell.source = strip_exercise(cell.source, "Exercise " + gid[2:].replace("_", "."))
+        elif is_answer:
             cell.source = strip_answer(cell.source)
     nb.metadata = nbformat.from_dict({k: v for k, v in nb.metadata.items() if k in KEEP_METADATA})
     return nb
 
 
 def reference_answer_lines(notebooks: list[Path]) -> list[str]:
-    """Every distinctive line of every reference answer (comment marks and spaces stripped).
+    """Every distinctive line of every reference answer and exercise solution (comment marks and spaces stripped).
 
-    A line that also appears outside the answer cells (in a question, a heading, a printed
-    label) is public text, not a secret, and is left out.
+    A line that also appears in the public part of the notebooks (a question, a heading, a printed label, an
+    exercise cell outside its solution region) is not a secret, and is left out.
     """
     lines, public = [], []
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
         found = Q.find_questions(nb)
         answers = {q.answer_index for q in found}
-        public.extend(c.source for i, c in enumerate(nb.cells) if i not in answers)
-        for q in found:
-            for line in (q.answer or "").splitlines():
+        solutions = [q.answer or "" for q in found]
+        for i, cell in enumerate(nb.cells):
+            if is_exercise_cell(cell):
+                solutions.append(Q.solution_text(cell.source) or "")
+                public.append(strip_exercise(cell.source, "public"))
+            elif i not in answers:
+                public.append(cell.source)
+        for solution in solutions:
+            for line in solution.splitlines():
                 text = line.strip().lstrip("#").strip()
                 if len(text) >= MIN_LEAK_CHARS:
                     lines.append(text)
