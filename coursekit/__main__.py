@@ -6,7 +6,7 @@
     python -m coursekit full-mode [--out output/full]  every notebook with its defaults; results to answers/full_mode
     python -m coursekit export  [--notebooks output/notebooks] [--out answers/answers.pdf]
     python -m coursekit release --out release/ [--overwrite]
-    python -m coursekit grade   SUBMISSIONS --out grading/ [--jobs 2] [--timeout 600] [--memory-gb 8]
+    python -m coursekit grade   SUBMISSIONS --out grading/ [--jobs 2] [--timeout 600] [--memory-gb 8] [--scores F]
                                 [--disk-gb 2] [--max-processes 64]
 """
 
@@ -66,13 +66,16 @@ def _grade(args) -> int:
     try:
         results, sandbox = grade(args.submissions, args.out, reference_dir=args.reference, notebooks=args.notebook,
                                  jobs=args.jobs, timeout_s=args.timeout, memory_gb=args.memory_gb,
-                                 disk_gb=args.disk_gb, max_processes=args.max_processes, pdf=not args.no_pdf)
-    except ValueError as err:
+                                 disk_gb=args.disk_gb, max_processes=args.max_processes, pdf=not args.no_pdf,
+                                 hidden_tests=None if args.no_hidden_tests else args.hidden_tests, scores=args.scores)
+    except ValueError as err:  # a bad limit, or a scores file that cannot be read as it is
         print(f"grade failed: {err}", file=sys.stderr)
         return 1
     ran = sum(r.status == "ok" for r in results)
     print(f"{ran}/{len(results)} notebook runs succeeded in {time.perf_counter() - start:.0f} s; "
-          f"report: {Path(args.out) / 'summary.html'}, {Path(args.out) / 'grades.csv'}")
+          f"report: {Path(args.out) / 'summary.html'}, {Path(args.out) / 'grades.csv'}; gradebook: "
+          f"{Path(args.out) / 'gradebook.csv'}; written answers to score: {Path(args.out) / 'review' / 'index.html'}, "
+          f"{args.scores or Path(args.out) / 'scores.csv'}")
     if not sandbox.isolated:
         print(sandbox.description, file=sys.stderr)
     return 0
@@ -123,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
                                                        "repeatable")
     p.add_argument("--reference", default=str(REPO / "notebooks"), help="the reference notebooks (with answers)")
     p.add_argument("--no-pdf", action="store_true", help="skip the per-student answers PDF")
+    p.add_argument("--scores", default=None, help="your scores of the written answers (CSV: student, question, "
+                                                  "points_possible, points, comment); default OUT/scores.csv, written "
+                                                  "as a template when missing and never replaced")
+    p.add_argument("--hidden-tests", default=str(REPO / "grading" / "hidden_tests.py"),
+                   help="the hidden cases of the code exercises")
+    p.add_argument("--no-hidden-tests", action="store_true", help="score the visible exercise checks only")
     p.set_defaults(run=_grade)
 
     args = parser.parse_args(argv)

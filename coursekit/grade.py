@@ -40,6 +40,7 @@ from typing import Any
 
 import nbformat
 
+from . import gradebook
 from . import questions as Q
 from . import sandbox as sb
 from . import REPO
@@ -57,6 +58,7 @@ class QuestionCheck:
     unanswered: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)   # neither question nor answer cell found
     altered: list[str] = field(default_factory=list)   # found, but the question or answer cell was renamed/changed
+    texts: dict[str, str] = field(default_factory=dict)  # label -> what the student wrote
 
 
 @dataclass
@@ -72,6 +74,8 @@ class NotebookResult:
     altered_questions: list[str] = field(default_factory=list)
     values: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
+    exercise_points: float = 0.0
+    exercise_possible: float = 0.0
 
 
 # ------------------------------------------------------------------------ the questions
@@ -104,7 +108,9 @@ def check_questions(student_nb: Any, reference_nb: Any) -> QuestionCheck:
             check.altered.append(ref.label)  # the question cell was renamed or deleted
         source = cells[index].get("source", "")
         source = "".join(source) if isinstance(source, list) else source
-        (check.answered if Q.written_answer(source) else check.unanswered).append(ref.label)
+        written = Q.written_answer(source)
+        check.texts[ref.label] = written
+        (check.answered if written else check.unanswered).append(ref.label)
     return check
 
 
@@ -198,7 +204,7 @@ def failure_reason(stderr: str, returncode: int | None) -> str:
 
 
 def run_one(student_dir: Path, reference: Path, out_dir: Path, sandbox: sb.Sandbox, limits: sb.Limits,
-            hide: list[Path], extra_parameters: dict[str, Any]) -> NotebookResult:
+            hide: list[Path], extra_parameters: dict[str, Any], hidden_tests: Path | None = None) -> NotebookResult:
     """Execute one student's copy of ``reference.name`` in a temporary copy of their folder."""
     student, name = student_dir.name, reference.name
     result = NotebookResult(student, name, "missing")
@@ -222,6 +228,9 @@ def run_one(student_dir: Path, reference: Path, out_dir: Path, sandbox: sb.Sandb
     check = check_questions(student_nb, reference_nb)
     result.answered = len(check.answered)
     result.missing_questions, result.altered_questions = check.missing, check.altered
+    target = out_dir / student
+    target.mkdir(parents=True, exist_ok=True)
+    (target / f"answers_{name[:2]}.json").write_text(json.dumps(check.texts, indent=1, ensure_ascii=False))
 
     timeout_s = limits.timeout_s
     with tempfile.TemporaryDirectory(prefix="coursekit-grade-") as tmp:
@@ -250,8 +259,7 @@ def run_one(student_dir: Path, reference: Path, out_dir: Path, sandbox: sb.Sandb
             result.status = "timeout"
             result.error = f"a cell ran longer than {timeout_s:.0f} s and was interrupted ({result.error})"
         results_file = work / f"results_{name[:2]}.json"
-        target = out_dir / student
-        target.mkdir(parents=True, exist_ok=True)
+        score_exercises(source, reference, target, sandbox, limits, hide, hidden_tests, result)
         if results_file.is_file() and not results_file.is_symlink():
             try:
                 payload = json.loads(results_file.read_text()[:1_000_000])
@@ -267,6 +275,47 @@ def run_one(student_dir: Path, reference: Path, out_dir: Path, sandbox: sb.Sandb
                 result.error = (result.error + "; " if result.error else "") + \
                     f"the executed notebook ({size / 2**20:.0f} MB of output) was too large to keep"
     return result
+
+
+def score_exercises(source: Path, reference: Path, target: Path, sandbox: sb.Sandbox, limits: sb.Limits,
+                    hide: list[Path], hidden_tests: Path | None, result: NotebookResult) -> None:
+    """Run :mod:`coursekit.autograde` on the student's notebook in a fresh sandboxed folder, keep its scores
+    (``exercises_NN.json``: results and the cells' sources) and add the points to ``result``."""
+    from .autograde import SECONDS_PER_EXERCISE, exercise_cells
+    from .exercises import EXERCISES
+
+    number = int(reference.name[:2])
+    wanted = [gid for gid in EXERCISES if gid.startswith(f"ex{number}_")]
+    if not wanted:
+        return
+    result.exercise_possible = float(sum(EXERCISES[g].points for g in wanted))
+    student_nb = json.loads(source.read_text(encoding="utf-8"))
+    sources = exercise_cells(student_nb)
+    with tempfile.TemporaryDirectory(prefix="coursekit-exercises-") as tmp:
+        work = Path(tmp)
+        shutil.copyfile(source, work / source.name)
+        command = [sys.executable, "-m", "coursekit.autograde", source.name, "--out", "scores.json"]
+        if hidden_tests is not None:
+            shutil.copyfile(hidden_tests, work / "hidden_tests.py")
+            command += ["--hidden", "hidden_tests.py"]
+        budget = SECONDS_PER_EXERCISE * len(wanted) + 60
+        done = sb.run(command, work, sandbox, dataclasses.replace(limits, timeout_s=budget), hide=hide)
+        scores_file = work / "scores.json"
+        try:
+            scores = json.loads(scores_file.read_text()) if scores_file.is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            scores = {}
+    if not isinstance(scores, dict) or set(scores) != set(wanted):
+        why = "timed out" if done.timed_out else failure_reason(done.stderr, done.returncode)
+        scores = {gid: {"exercise": EXERCISES[gid].function, "possible": EXERCISES[gid].points, "points": 0.0,
+                        "visible": [f"the exercise checks did not finish ({why})"], "hidden": []} for gid in wanted}
+    for gid, r in scores.items():  # what the student's code wrote is not trusted: points within 0..possible
+        points = r.get("points", 0.0) if isinstance(r, dict) else 0.0
+        r["points"] = min(max(float(points), 0.0), float(EXERCISES[gid].points)) if isinstance(points, (int, float)) \
+            else 0.0
+    result.exercise_points = sum(r["points"] for r in scores.values())
+    (target / f"exercises_{reference.name[:2]}.json").write_text(
+        json.dumps({"results": scores, "sources": {g: sources.get(g, "") for g in wanted}}, indent=1))
 
 
 # ------------------------------------------------------------------------ the whole batch
@@ -309,11 +358,15 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
           notebooks: list[str] | None = None, jobs: int = 2, timeout_s: float = 600, memory_gb: float = 8,
           pdf: bool = True, extra_parameters: dict[str, Any] | None = None,
           progress: bool = True, disk_gb: float = 2.0,
-          max_processes: int = 64) -> tuple[list[NotebookResult], sb.Sandbox]:
+          max_processes: int = 64, hidden_tests: str | Path | None = REPO / "grading" / "hidden_tests.py",
+          scores: str | Path | None = None) -> tuple[list[NotebookResult], sb.Sandbox]:
     """Grade every student folder of ``submissions`` against the notebooks of ``reference_dir``.
 
     :param jobs: notebooks run at the same time
     :param timeout_s, memory_gb, disk_gb, max_processes: the :class:`~coursekit.sandbox.Limits` of each run
+    :param hidden_tests: the instructors' hidden exercise cases (None: visible checks only, half the points)
+    :param scores: the instructor's scores of the written answers (default ``out/scores.csv``, created as a
+        template to fill in when missing; never replaced)
     :raises ValueError: a limit of 0 or less (it would fail every student or switch the limit off)
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -322,7 +375,7 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
     submissions, out, reference_dir = Path(submissions).resolve(), Path(out).resolve(), Path(reference_dir).resolve()
     if not submissions.is_dir():
         raise SystemExit(f"{submissions} is not a folder of submissions")
-    references = sorted(reference_dir.glob("[0-9][0-9]_*.ipynb"))
+    references = course = sorted(reference_dir.glob("[0-9][0-9]_*.ipynb"))
     if notebooks:
         unknown = sorted(set(notebooks) - {p.name for p in references})
         if unknown:
@@ -331,6 +384,15 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
         references = [p for p in references if p.name in notebooks]
     if not references:
         raise SystemExit(f"no reference notebooks (NN_*.ipynb) in {reference_dir}")
+    hidden_tests = Path(hidden_tests).resolve() if hidden_tests is not None else None
+    if hidden_tests is not None and not hidden_tests.is_file():
+        raise SystemExit(f"the hidden exercise tests {hidden_tests} do not exist; pass --hidden-tests FILE, or "
+                         "--no-hidden-tests to score the visible checks only")
+    scores_path = Path(scores).resolve() if scores is not None else None
+    if scores_path is not None and not scores_path.is_file():
+        raise SystemExit(f"--scores {scores_path} does not exist; leave it out to get a template in the output folder")
+    if scores_path is not None:  # a mistake in the instructor's file is reported before an hour of runs
+        gradebook.read_scores(scores_path, gradebook.course_items(course))
     out.mkdir(parents=True, exist_ok=True)
     sandbox = sb.probe()
     print(sandbox.description, flush=True)
@@ -341,7 +403,7 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
     def one(task):
         student_dir, reference = task
         try:
-            res = run_one(student_dir, reference, out, sandbox, limits, hide, extra_parameters or {})
+            res = run_one(student_dir, reference, out, sandbox, limits, hide, extra_parameters or {}, hidden_tests)
         except Exception as err:  # noqa: BLE001 - the grader's own failure on one run must not stop the batch
             res = NotebookResult(student_dir.name, reference.name, "failed", error=f"grader error: {err!r}"[:500])
         if progress:
@@ -358,6 +420,7 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
             for name, err in zip(names, pool.map(
                     lambda n: export_student_pdf(n, out, sandbox, limits, hide), names)):
                 pdf_errors[name] = err
+    gradebook.write_all(out, sorted({r.student for r in results}), references, scores_path, course)
     write_csv(results, out / "grades.csv")
     write_html(results, sandbox, out / "summary.html", pdf_errors, time.perf_counter() - start)
     (out / "report.txt").write_text(sandbox.description + "\n" + summary_lines(results, pdf_errors))
@@ -366,7 +429,7 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
 
 # ------------------------------------------------------------------------------- reports
 CSV_FIELDS = ["student", "notebook", "status", "error_cell", "error", "answered", "questions", "missing_questions",
-              "altered_questions", "wall_s", "values"]
+              "altered_questions", "wall_s", "values", "exercise_points", "exercise_possible"]
 
 
 def write_csv(results: list[NotebookResult], path: Path) -> None:
@@ -388,8 +451,10 @@ def summary_lines(results: list[NotebookResult], pdf_errors: dict[str, str]) -> 
         ran = sum(r.status == "ok" for r in mine)
         answered = sum(r.answered for r in mine)
         total = sum(r.questions for r in mine)
+        points, possible = sum(r.exercise_points for r in mine), sum(r.exercise_possible for r in mine)
         note = f"; {pdf_errors[name]}" if pdf_errors.get(name) else ""
-        lines.append(f"{name}: {ran}/{len(mine)} notebooks ran, {answered}/{total} questions answered{note}")
+        lines.append(f"{name}: {ran}/{len(mine)} notebooks ran, {answered}/{total} questions answered, "
+                     f"exercises {points:g}/{possible:g} points{note}")
     return "\n".join(lines) + "\n"
 
 

@@ -6,8 +6,9 @@ The format (nbgrader's and otter-grader's conventions, as the course uses them):
    and ``<!-- END QUESTION -->`` and labelled ``**Q<notebook>.<n>**`` (e.g. ``**Q1.3**``);
 2. immediately after it, the answer: a code cell tagged ``otter_answer_cell`` with
    nbgrader metadata ``{"schema_version": 3, "grade_id": "q1_3", "solution": true,
-   "grade": false, "locked": false, "task": false}`` whose answer is comment lines between
-   ``### BEGIN SOLUTION`` and ``### END SOLUTION``.
+   "grade": true, "points": 2, "locked": false, "task": false}`` (a manually graded answer
+   worth ``points``) whose answer is comment lines between ``### BEGIN SOLUTION`` and
+   ``### END SOLUTION``.
 
 In the instructor's notebooks the lines between the markers are the reference
 answer; the student edition replaces them with ``# YOUR ANSWER HERE``.
@@ -55,13 +56,23 @@ def grade_id_for(label: str) -> str:
     return f"q{int(number)}_{int(part)}"
 
 
-def answer_metadata(grade_id: str) -> dict[str, Any]:
-    """The metadata an answer cell carries (nbgrader schema 3, the otter tag)."""
+DEFAULT_POINTS = 2
+
+
+def answer_metadata(grade_id: str, points: int = DEFAULT_POINTS) -> dict[str, Any]:
+    """The metadata an answer cell carries (nbgrader schema 3: a manually graded answer worth ``points``, the
+    otter tag)."""
     return {
-        "nbgrader": {"schema_version": 3, "grade_id": grade_id, "solution": True, "grade": False,
+        "nbgrader": {"schema_version": 3, "grade_id": grade_id, "solution": True, "grade": True, "points": points,
                      "locked": False, "task": False},
         "tags": [ANSWER_TAG],
     }
+
+
+def points_of(cell: Any) -> int:
+    """The points an answer cell is worth (its nbgrader metadata; the default when it has none)."""
+    value = ((cell.get("metadata", {}) or {}).get("nbgrader") or {}).get("points", DEFAULT_POINTS)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else DEFAULT_POINTS
 
 
 def solution_text(source: str) -> str | None:
@@ -126,7 +137,10 @@ def problems(nb: Any, notebook_number: int | None = None) -> list[str]:
             continue
         cell = cells[q.answer_index]
         meta = cell.get("metadata", {})
-        expected = answer_metadata(q.grade_id)
+        points = (meta.get("nbgrader") or {}).get("points")
+        if not isinstance(points, int) or isinstance(points, bool) or points < 1:
+            found.append(f"{where}: answer cell needs nbgrader points (a positive integer), has {points!r}")
+        expected = answer_metadata(q.grade_id, points if isinstance(points, int) else DEFAULT_POINTS)
         if meta.get("nbgrader") != expected["nbgrader"]:
             found.append(f"{where}: answer cell nbgrader metadata {meta.get('nbgrader')} != {expected['nbgrader']}")
         if ANSWER_TAG not in meta.get("tags", []):

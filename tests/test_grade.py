@@ -185,6 +185,11 @@ def test_real_notebook_is_graded_and_exported(tmp_path):
     nb = nbformat.read(edition / "01_forward_diffusion.ipynb", as_version=4)
     first = Q.find_questions(nb)[0]
     nb.cells[first.answer_index].source = f"{Q.BEGIN_SOLUTION}\n# Ada's answer: variance preserving, beta.\n{Q.END_SOLUTION}"
+    # Ada solves exercise 1.1 (the reference solution) and leaves 1.2 as it came
+    reference = nbformat.read(ROOT / "notebooks" / "01_forward_diffusion.ipynb", as_version=4)
+    for mine, theirs in zip(nb.cells, reference.cells):
+        if release.is_exercise_cell(mine) and mine.metadata["nbgrader"]["grade_id"] == "ex1_1":
+            mine.source = theirs.source
     nbformat.write(nb, folder / "01_forward_diffusion.ipynb")
     out = tmp_path / "grading"
     results, box = G.grade(subs, out, notebooks=["01_forward_diffusion.ipynb"], jobs=1, timeout_s=600, pdf=True,
@@ -198,6 +203,17 @@ def test_real_notebook_is_graded_and_exported(tmp_path):
     text = _pdftotext(pdf)
     assert "Ada's answer" in text and "Q1.1" in text
     assert "(not answered)" in text
+    # exercises: 1.1 scored by the visible and the hidden cases, 1.2 not written
+    assert (res.exercise_points, res.exercise_possible) == (2.0, 5.0)
+    scores = json.loads((out / "ada" / "exercises_01.json").read_text())["results"]
+    assert scores["ex1_2"]["visible"][0].startswith("not written yet")
+    # the gradebook, the scores template, review pages and feedback
+    book = list(csv.DictReader((out / "gradebook.csv").read_text().splitlines()))
+    assert book[0]["student"] == "ada" and float(book[0]["exercises"]) == 2 and float(book[0]["written"]) == 0
+    assert "Q1.1" in book[0]["not scored yet"]
+    assert (out / "scores.csv").read_text().count("\nada,Q1.") == len(Q.find_questions(nb))
+    assert "Ada&#x27;s answer" in (out / "review" / "Q1_1.html").read_text()
+    assert "not written yet" in (out / "feedback" / "ada.html").read_text()
 
 
 def _pdftotext(pdf: Path) -> str:
