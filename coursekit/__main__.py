@@ -50,12 +50,23 @@ def _export(args) -> int:
 def _release(args) -> int:
     from .release import ReleaseError, write_release
 
+    if not args.out and not args.zip:
+        print("release: give --out FOLDER (the student notebooks) and/or --zip FILE (the whole student kit)",
+              file=sys.stderr)
+        return 2
     try:
-        files = write_release(args.out, args.notebooks, overwrite=args.overwrite)
+        if args.out:
+            files = write_release(args.out, args.notebooks, overwrite=args.overwrite)
+            print(f"wrote the student edition ({len(files)} files) to {args.out}; no reference answer survives in it")
+        if args.zip:
+            from .student_kit import write_zip
+
+            path = write_zip(args.zip, args.notebooks, overwrite=args.overwrite)
+            print(f"wrote the student kit {path} ({path.stat().st_size / 2**20:.1f} MB): notebooks, code, checkpoints, "
+                  "set-up; no answer, solution or hidden test in it")
     except ReleaseError as err:
         print(f"release failed: {err}", file=sys.stderr)
         return 1
-    print(f"wrote the student edition ({len(files)} files) to {args.out}; no reference answer survives in it")
     return 0
 
 
@@ -108,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=_export)
 
     p = sub.add_parser("release", help="the student edition: reference answers replaced, outputs cleared")
-    p.add_argument("--out", required=True, help="folder for the student edition")
+    p.add_argument("--out", help="folder for the student edition (the notebooks)")
+    p.add_argument("--zip", help="write the whole student kit (notebooks, code, checkpoints, set-up) to this .zip")
     p.add_argument("--notebooks", default=str(REPO / "notebooks"), help="the course notebooks (with answers)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(run=_release)

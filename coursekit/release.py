@@ -88,11 +88,12 @@ def student_notebook(nb):
     return nb
 
 
-def reference_answer_lines(notebooks: list[Path]) -> list[str]:
+def reference_answer_lines(notebooks: list[Path], public_text: str = "") -> list[str]:
     """Every distinctive line of every reference answer and exercise solution (comment marks and spaces stripped).
 
     A line that also appears in the public part of the notebooks (a question, a heading, a printed label, an
-    exercise cell outside its solution region) is not a secret, and is left out.
+    exercise cell outside its solution region) is not a secret, and is left out; so is a line found in
+    ``public_text`` (the library code a student kit ships, whose functions the exercises ask students to write).
     """
     lines, public = [], []
     for path in notebooks:
@@ -111,18 +112,19 @@ def reference_answer_lines(notebooks: list[Path]) -> list[str]:
                 text = line.strip().lstrip("#").strip()
                 if len(text) >= MIN_LEAK_CHARS:
                     lines.append(text)
-    public_text = "\n".join(public)
+    public_text = "\n".join(public) + "\n" + public_text
     return [line for line in dict.fromkeys(lines) if line not in public_text]
 
 
-def leaked_answer_lines(release_dir: str | Path, notebooks: list[Path] | None = None) -> list[tuple[str, str]]:
+def leaked_answer_lines(release_dir: str | Path, notebooks: list[Path] | None = None,
+                        public_text: str = "") -> list[tuple[str, str]]:
     """``(file, line)`` for every reference-answer line found in any file of ``release_dir``.
 
     Notebook files are searched both as raw JSON and as their decoded cell sources, so an
     answer cannot hide behind JSON escaping.
     """
     notebooks = notebooks if notebooks is not None else course_notebooks()
-    needles = reference_answer_lines(notebooks)
+    needles = reference_answer_lines(notebooks, public_text)
     found = []
     for path in sorted(Path(release_dir).rglob("*")):
         if not path.is_file():
