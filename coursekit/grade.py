@@ -4,8 +4,10 @@
 
     python -m coursekit grade SUBMISSIONS --out grading/ --jobs 2 --timeout 600
 
-``SUBMISSIONS`` holds one folder per student with their notebooks (``NN_*.ipynb``, named as
-in the course). For every student and course notebook the grader
+``SUBMISSIONS`` holds what students handed in, in any shape :mod:`coursekit.submissions`
+recognises (a folder or a ZIP per student, a platform's bulk download, renamed downloads); it is
+only read, and normalised into ``OUT/.submissions/STUDENT/NN_*.ipynb``. For every student and
+course notebook the grader
 
 1. copies the student's folder to a fresh temporary folder and executes the notebook there
    with papermill in quick mode (``quick=True, device=cpu``, the shipped checkpoints), inside
@@ -41,6 +43,7 @@ from typing import Any
 import nbformat
 
 from . import gradebook
+from .submissions import collect as collect_submissions
 from . import questions as Q
 from . import sandbox as sb
 from . import REPO
@@ -319,18 +322,6 @@ def score_exercises(source: Path, reference: Path, target: Path, sandbox: sb.San
 
 
 # ------------------------------------------------------------------------ the whole batch
-def students(submissions: Path) -> list[Path]:
-    found = sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
-    links = [p.name for p in found if p.is_symlink()]
-    if links:
-        raise SystemExit(f"student folders that are symbolic links are not accepted ({', '.join(links)}); "
-                         "copy the submissions themselves into the folder")
-    if not found:
-        raise SystemExit(f"no student folders in {submissions}: expected one subfolder per student holding their "
-                         "notebooks")
-    return found
-
-
 def export_student_pdf(student: str, out_dir: Path, sandbox: sb.Sandbox, limits: sb.Limits,
                        hide: list[Path]) -> str:
     """Export ``out_dir/student``'s executed notebooks to ``answers.pdf`` inside the sandbox; '' or an error."""
@@ -397,7 +388,13 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
     sandbox = sb.probe()
     print(sandbox.description, flush=True)
     hide = [REPO, reference_dir, submissions, out]
-    tasks = [(s, r) for s in students(submissions) for r in references]
+    collected = collect_submissions(submissions, [p.name for p in course], out / ".submissions")
+    if not collected.students:
+        raise SystemExit(f"no submissions recognised in {submissions}: " + ("; ".join(collected.problems[:5]) or
+                         "expected a folder or a ZIP per student, or a platform's bulk download"))
+    for line in collected.problems:
+        print(f"shape problem: {line}", flush=True)
+    tasks = [(folder, r) for folder in collected.students.values() for r in references]
     start = time.perf_counter()
 
     def one(task):
@@ -422,8 +419,11 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
                 pdf_errors[name] = err
     gradebook.write_all(out, sorted({r.student for r in results}), references, scores_path, course)
     write_csv(results, out / "grades.csv")
-    write_html(results, sandbox, out / "summary.html", pdf_errors, time.perf_counter() - start)
-    (out / "report.txt").write_text(sandbox.description + "\n" + summary_lines(results, pdf_errors))
+    write_html(results, sandbox, out / "summary.html", pdf_errors, time.perf_counter() - start,
+               collected.problems + collected.kept)
+    shapes = "".join(f"shape problem: {line}\n" for line in collected.problems) + \
+        "".join(f"{line}\n" for line in collected.kept)
+    (out / "report.txt").write_text(sandbox.description + "\n" + summary_lines(results, pdf_errors) + shapes)
     return results, sandbox
 
 
@@ -459,7 +459,7 @@ def summary_lines(results: list[NotebookResult], pdf_errors: dict[str, str]) -> 
 
 
 def write_html(results: list[NotebookResult], sandbox: sb.Sandbox, path: Path, pdf_errors: dict[str, str],
-               seconds: float) -> None:
+               seconds: float, shape_notes: list[str] = ()) -> None:
     e = html.escape
     colour = {"ok": "#d9f2d9", "failed": "#f8d0d0", "timeout": "#f8e0b0", "missing": "#e0e0e0",
               "unreadable": "#f8d0d0", "refused": "#f8d0d0"}
@@ -488,6 +488,7 @@ table{{border-collapse:collapse}}</style></head><body>
 <h1>Grading summary</h1>
 <p>{len({r.student for r in results})} students, {len(results)} notebook runs, {seconds:.0f} s in all.</p>
 <ul>{students_html}</ul>
+{"<h2>Submission shape</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in shape_notes) + "</ul>" if shape_notes else ""}
 <table><tr><th>student</th><th>notebook</th><th>status</th><th>error</th><th>answered</th><th>missing / renamed</th>
 <th>numbers written</th><th>wall s</th></tr>
 {''.join(rows)}
