@@ -32,6 +32,7 @@ default here) and ``linspace`` (N values evenly spread over [0, T-1]).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -176,6 +177,9 @@ class DPMSolverPP2M:
     def _alpha_sigma_lambda(self, t: int) -> tuple[float, float, float]:
         abar = self.schedule.alphas_cumprod[t].item()
         alpha, sigma = abar**0.5, (1 - abar) ** 0.5
+        if alpha == 0:
+            # zero terminal SNR: lambda = -inf, so h = inf and the first step is x = sigma_t x_T + alpha_t x0_hat
+            return alpha, sigma, -math.inf
         return alpha, sigma, float(np.log(alpha) - np.log(sigma))
 
     def step(self, model_output: torch.Tensor, t: int, t_next: int, x: torch.Tensor, prediction_type: str = "epsilon") -> tuple[torch.Tensor, torch.Tensor]:

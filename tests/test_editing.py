@@ -183,3 +183,29 @@ def test_inpainting_keeps_the_unmasked_latents(pipe, boot):
 def test_bad_edit_arguments_name_the_argument(pipe, kwargs, error, message):
     with pytest.raises(error, match=message):
         pipe("a photo of a bag", num_images=3, num_inference_steps=2, seed=0, progress=False, **kwargs)
+
+
+def gaussian_v_model(s: NoiseSchedule, mu: float = MU, sd: float = SD):
+    """The exact v-predictor of x_0 ~ N(mu, sd^2): v = a E[eps | x_t] - b E[x_0 | x_t]."""
+
+    def model_fn(x, t):
+        abar = s.alphas_cumprod[t.cpu()].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        a, b = abar.sqrt(), (1 - abar).sqrt()
+        var = a**2 * sd**2 + b**2
+        return a * b * (x - a * mu) / var - b * (mu + a * sd**2 * (x - a * mu) / var)
+
+    return model_fn
+
+
+@pytest.mark.parametrize("sampler, steps", [("dpmsolver++", 20), ("ddim", 50), ("ddpm", 100)])
+def test_zero_terminal_snr_with_v_prediction_samples_the_data_without_warnings(sampler, steps):
+    """At zero terminal SNR, N(0, I) is exactly q(x_{T-1}): no brightness bias (notebook 02), no log(0) warning."""
+    import warnings
+
+    s = NoiseSchedule("scaled_linear", 1000, beta_start=0.00085, beta_end=0.012, rescale_zero_terminal_snr=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = sample(gaussian_v_model(s), (50_000, 1), s, sampler, steps, prediction_type="v_prediction",
+                   generator=torch.Generator().manual_seed(3), progress=False, dtype=torch.float64)
+    assert x.mean().item() == pytest.approx(MU, abs=0.02)
+    assert x.std().item() == pytest.approx(SD, rel=0.05)
