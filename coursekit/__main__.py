@@ -146,6 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-hidden-tests", action="store_true", help="score the visible exercise checks only")
     p.set_defaults(run=_grade)
 
+    sub.add_parser("bench-grading", help="time grading a class: N answered submissions through grade "
+                                         "(python -m coursekit bench-grading --help)")
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench-grading"]:  # its own options (coursekit/bench_grading.py)
+        from .bench_grading import main as bench_grading
+
+        return bench_grading(argv[1:])
     args = parser.parse_args(argv)
     return args.run(args)
 
