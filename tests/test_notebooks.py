@@ -221,6 +221,10 @@ def test_notebook_runs_in_quick_mode(path, tmp_path, kernel_env):
         assert not data.get("text/plain", "").startswith(("interactive(", "HBox(", "VBox(")), f"cell {i}: widget text"
         images += "image/png" in data
     assert images >= 3, f"{path.name}: only {images} figures"
+    # the reference solutions of the code exercises pass their visible checks
+    checks = ["".join(o.get("text", "") for o in c.outputs) for c in executed.cells
+              if c.cell_type == "code" and "exercises.check(" in c.source]
+    assert checks and all(text.startswith("OK:") for text in checks), checks
 
 
 @pytest.mark.slow
