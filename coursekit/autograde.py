@@ -47,7 +47,7 @@ def exercise_cells(nb: dict) -> dict[str, str]:
     for cell in nb.get("cells", []):
         meta = cell.get("metadata", {}) or {}
         gid = (meta.get("nbgrader") or {}).get("grade_id")
-        if cell.get("cell_type") == "code" and E.EXERCISE_TAG in (meta.get("tags") or []) and gid in E.EXERCISES:
+        if E.is_exercise_cell(cell) and gid in E.EXERCISES:
             source = cell.get("source", "")
             found[gid] = "".join(source) if isinstance(source, list) else source
     return found

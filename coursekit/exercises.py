@@ -32,6 +32,16 @@ T = 1000
 EXERCISE_TAG = "coursekit_exercise"
 
 
+def is_exercise_cell(cell) -> bool:
+    """An exercise's solution cell (a notebook cell as nbformat node or plain dict)."""
+    return cell.get("cell_type") == "code" and EXERCISE_TAG in ((cell.get("metadata") or {}).get("tags") or [])
+
+
+def label(grade_id: str) -> str:
+    """``ex6_1`` -> ``Exercise 6.1``."""
+    return "Exercise " + grade_id[2:].replace("_", ".")
+
+
 @dataclass(frozen=True)
 class Exercise:
     """One exercise: the function the student writes and how it is checked.

@@ -27,7 +27,7 @@ from typing import Any
 import nbformat
 
 from . import questions as Q
-from .exercises import EXERCISES
+from .exercises import EXERCISES, label
 
 SCORE_FIELDS = ["student", "question", "points_possible", "points", "comment"]
 RUBRIC = ("Full points: the reasoning of the reference answer and its numbers (within the tolerance it states, or "
@@ -67,7 +67,7 @@ def course_items(references: list[Path]) -> list[Item]:
             items.append(Item(q.label, q.label, path.name, Q.points_of(cell), "question", prompt, q.answer or ""))
         for gid, ex in EXERCISES.items():
             if gid.startswith(f"ex{int(path.name[:2])}_"):
-                items.append(Item(gid, f"Exercise {gid[2:].replace('_', '.')} ({ex.function})", path.name,
+                items.append(Item(gid, f"{label(gid)} ({ex.function})", path.name,
                                   float(ex.points), "exercise", ex.signature))
     return items
 

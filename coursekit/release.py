@@ -24,7 +24,7 @@ from pathlib import Path
 import nbformat
 
 from . import questions as Q
-from .exercises import EXERCISE_TAG
+from .exercises import is_exercise_cell, label
 from . import REPO
 
 NOTEBOOKS = REPO / "notebooks"
@@ -39,30 +39,33 @@ class ReleaseError(RuntimeError):
 def strip_answer(source: str) -> str:
     """An answer cell's source with the reference answer replaced by the placeholder."""
     lines = source.splitlines()
-    try:
-        start = next(i for i, line in enumerate(lines) if line.strip() == Q.BEGIN_SOLUTION)
-        end = next(i for i, line in enumerate(lines) if line.strip() == Q.END_SOLUTION and i > start)
-    except StopIteration:
-        # no markers: the whole cell is the answer
+    bounds = solution_bounds(lines)
+    if bounds is None:  # no markers: the whole cell is the answer
         return "\n".join([Q.BEGIN_SOLUTION, Q.STUDENT_PLACEHOLDER, Q.END_SOLUTION])
+    start, end = bounds
     return "\n".join(lines[: start + 1] + [Q.STUDENT_PLACEHOLDER] + lines[end:])
 
 
-def strip_exercise(source: str, label: str) -> str:
-    """An exercise cell's source with the solution replaced by ``raise NotImplementedError`` (at its indentation)."""
-    lines = source.splitlines()
+def solution_bounds(lines: list[str]) -> tuple[int, int] | None:
+    """The indices of the ``### BEGIN SOLUTION`` and the following ``### END SOLUTION`` line, or None."""
     try:
         start = next(i for i, line in enumerate(lines) if line.strip() == Q.BEGIN_SOLUTION)
         end = next(i for i, line in enumerate(lines) if line.strip() == Q.END_SOLUTION and i > start)
     except StopIteration:
-        raise ReleaseError(f"exercise {label}: its cell lacks {Q.BEGIN_SOLUTION} ... {Q.END_SOLUTION}") from None
+        return None
+    return start, end
+
+
+def strip_exercise(source: str, title: str) -> str:
+    """An exercise cell's source with the solution replaced by ``raise NotImplementedError`` (at its indentation)."""
+    lines = source.splitlines()
+    bounds = solution_bounds(lines)
+    if bounds is None:
+        raise ReleaseError(f"{title}: its cell lacks {Q.BEGIN_SOLUTION} ... {Q.END_SOLUTION}")
+    start, end = bounds
     indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
-    stub = f'{indent}raise NotImplementedError("{label}: write this function")'
+    stub = f'{indent}raise NotImplementedError("{title}: write this function")'
     return "\n".join(lines[: start + 1] + [stub] + lines[end:])
-
-
-def is_exercise_cell(cell) -> bool:
-    return cell.get("cell_type") == "code" and EXERCISE_TAG in cell.get("metadata", {}).get("tags", [])
 
 
 def student_notebook(nb):
@@ -80,8 +83,7 @@ def student_notebook(nb):
         is_answer = i in answer_cells or Q.ANSWER_TAG in cell.metadata.get("tags", []) or \
             cell.metadata.get("nbgrader", {}).get("solution")
         if is_exercise_cell(cell):
-            gid = cell.metadata["nbgrader"]["grade_id"]  # ex6_1 -> Exercise 6.1
-            cell.source = strip_exercise(cell.source, "Exercise " + gid[2:].replace("_", "."))
+            cell.source = strip_exercise(cell.source, label(cell.metadata["nbgrader"]["grade_id"]))
         elif is_answer:
             cell.source = strip_answer(cell.source)
     nb.metadata = nbformat.from_dict({k: v for k, v in nb.metadata.items() if k in KEEP_METADATA})
