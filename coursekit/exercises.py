@@ -366,18 +366,18 @@ def failures(grade_id: str, fn: Callable, cases: list[dict[str, Any]] | None = N
     return problems
 
 
-def check(grade_id: str, fn: Callable) -> bool:
-    """The visible check of an exercise: print whether ``fn`` matches diffusion_lib; never raises."""
+def check(grade_id: str, fn: Callable) -> None:
+    """The visible check of an exercise: print whether ``fn`` matches diffusion_lib; never raises. (It returns
+    nothing, so the notebook cell shows only the message; :func:`failures` gives the problems as a list.)"""
     exercise = EXERCISES[grade_id]
     problems = failures(grade_id, fn)
     if not problems:
         print(f"OK: {exercise.function} matches diffusion_lib on {len(exercise.cases(torch.Generator()))} random "
               f"inputs ({exercise.points} points if the grader's hidden cases agree).")
-        return True
+        return
     print(f"Not yet: {exercise.function} ({exercise.signature})")
     for problem in problems[:3]:
         print(f"  - {problem}")
-    return False
 
 
 def total_points() -> int:
