@@ -1,13 +1,14 @@
-"""The instructor's commands: ``python -m coursekit course | export | release | grade``.
+"""The instructor's commands: ``python -m coursekit course | full-mode | export | release | grade | bench-grading``.
 
 ::
 
     python -m coursekit course  [--out output]      every notebook in quick mode, samples, evaluation, answers PDF
     python -m coursekit full-mode [--out output/full]  every notebook with its defaults; results to answers/full_mode
     python -m coursekit export  [--notebooks output/notebooks] [--out answers/answers.pdf]
-    python -m coursekit release --out release/ [--overwrite]
+    python -m coursekit release --out release/ [--zip student-kit.zip] [--overwrite]
     python -m coursekit grade   SUBMISSIONS --out grading/ [--jobs 2] [--timeout 600] [--memory-gb 8] [--scores F]
-                                [--disk-gb 2] [--max-processes 64]
+                                [--disk-gb 2] [--max-processes 64] [--hidden-tests F | --no-hidden-tests]
+    python -m coursekit bench-grading --students 30 --out DIR [--jobs 2]   time grading a class
 """
 
 from __future__ import annotations
