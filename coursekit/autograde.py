@@ -115,8 +115,7 @@ def load_hidden(path: Path | None):
 def grade_notebook(notebook: Path, hidden: Path | None) -> dict[str, Any]:
     nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
     cells = exercise_cells(nb)
-    number = Path(notebook).name[:2].lstrip("0")
-    wanted = [gid for gid in E.EXERCISES if gid.startswith(f"ex{number}_")]
+    wanted = E.of_notebook(Path(notebook).name)
     hidden_cases = load_hidden(hidden)
     return {gid: score(gid, cells.get(gid), hidden_cases) for gid in wanted}
 

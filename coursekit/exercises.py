@@ -380,6 +380,11 @@ def check(grade_id: str, fn: Callable) -> None:
         print(f"  - {problem}")
 
 
+def of_notebook(notebook_name: str) -> list[str]:
+    """The grade ids of a notebook's exercises, in order (``06_sampling.ipynb`` -> ex6_1, ex6_2, ex6_3)."""
+    return [gid for gid in EXERCISES if gid.startswith(f"ex{int(notebook_name[:2])}_")]
+
+
 def total_points() -> int:
     return sum(e.points for e in EXERCISES.values())
 

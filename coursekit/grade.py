@@ -285,10 +285,9 @@ def score_exercises(source: Path, reference: Path, target: Path, sandbox: sb.San
     """Run :mod:`coursekit.autograde` on the student's notebook in a fresh sandboxed folder, keep its scores
     (``exercises_NN.json``: results and the cells' sources) and add the points to ``result``."""
     from .autograde import SECONDS_PER_EXERCISE, exercise_cells
-    from .exercises import EXERCISES
+    from .exercises import EXERCISES, of_notebook
 
-    number = int(reference.name[:2])
-    wanted = [gid for gid in EXERCISES if gid.startswith(f"ex{number}_")]
+    wanted = of_notebook(reference.name)
     if not wanted:
         return
     result.exercise_possible = float(sum(EXERCISES[g].points for g in wanted))

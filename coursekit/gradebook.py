@@ -27,7 +27,7 @@ from typing import Any
 import nbformat
 
 from . import questions as Q
-from .exercises import EXERCISES, label
+from .exercises import EXERCISES, label, of_notebook
 
 SCORE_FIELDS = ["student", "question", "points_possible", "points", "comment"]
 RUBRIC = ("Full points: the reasoning of the reference answer and its numbers (within the tolerance it states, or "
@@ -65,10 +65,10 @@ def course_items(references: list[Path]) -> list[Item]:
             cell = nb.cells[q.answer_index] if q.answer_index is not None else {}
             prompt = q.prompt.replace(Q.BEGIN_QUESTION, "").replace(Q.END_QUESTION, "").strip()
             items.append(Item(q.label, q.label, path.name, Q.points_of(cell), "question", prompt, q.answer or ""))
-        for gid, ex in EXERCISES.items():
-            if gid.startswith(f"ex{int(path.name[:2])}_"):
-                items.append(Item(gid, f"{label(gid)} ({ex.function})", path.name,
-                                  float(ex.points), "exercise", ex.signature))
+        for gid in of_notebook(path.name):
+            ex = EXERCISES[gid]
+            items.append(Item(gid, f"{label(gid)} ({ex.function})", path.name, float(ex.points), "exercise",
+                              ex.signature))
     return items
 
 
