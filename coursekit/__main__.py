@@ -8,6 +8,7 @@
     python -m coursekit release --out release/ [--zip student-kit.zip] [--overwrite]
     python -m coursekit grade   SUBMISSIONS --out grading/ [--jobs 2] [--timeout 600] [--memory-gb 8] [--scores F]
                                 [--disk-gb 2] [--max-processes 64] [--hidden-tests F | --no-hidden-tests]
+                                [--no-shared-runs]
     python -m coursekit bench-grading --students 30 --out DIR [--jobs 2]   time grading a class
 """
 
@@ -79,7 +80,8 @@ def _grade(args) -> int:
         results, sandbox = grade(args.submissions, args.out, reference_dir=args.reference, notebooks=args.notebook,
                                  jobs=args.jobs, timeout_s=args.timeout, memory_gb=args.memory_gb,
                                  disk_gb=args.disk_gb, max_processes=args.max_processes, pdf=not args.no_pdf,
-                                 hidden_tests=None if args.no_hidden_tests else args.hidden_tests, scores=args.scores)
+                                 hidden_tests=None if args.no_hidden_tests else args.hidden_tests, scores=args.scores,
+                                 share_runs=not args.no_shared_runs)
     except ValueError as err:  # a bad limit, or a scores file that cannot be read as it is
         print(f"grade failed: {err}", file=sys.stderr)
         return 1
@@ -145,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden-tests", default=str(REPO / "grading" / "hidden_tests.py"),
                    help="the hidden cases of the code exercises")
     p.add_argument("--no-hidden-tests", action="store_true", help="score the visible exercise checks only")
+    p.add_argument("--no-shared-runs", action="store_true",
+                   help="train every student's runs (default: a training notebook runs once as the reference, and "
+                        "students who kept its default settings reuse its runs)")
     p.set_defaults(run=_grade)
 
     sub.add_parser("bench-grading", help="time grading a class: N answered submissions through grade "

@@ -20,6 +20,15 @@ course notebook the grader
    student ``STUDENT/answers.pdf`` (their questions, answers and figures, exported inside the
    sandbox as well) beside their executed notebooks.
 
+A notebook that trains (it declares an ``output_dir`` parameter: notebook 07) is first run once
+as the reference, in the same sandbox with the same parameters, and its runs folder is copied
+into every student's temporary folder. The notebook decides itself whether to reuse a run
+(:func:`coursekit.runs.train_or_reuse`: same settings, same autoencoder, all epochs done), as it
+does when a student runs it twice; a student who kept the default settings then reuses the
+reference's run, which the same code, seed, device and thread count would train to the same
+weights, and a student who changed a setting trains their own. ``--no-shared-runs`` trains
+every student's runs.
+
 Nothing a notebook does can stop the batch: every run is a separate process tree with its
 own limits, and every failure becomes a row of the report.
 """
@@ -207,8 +216,13 @@ def failure_reason(stderr: str, returncode: int | None) -> str:
 
 
 def run_one(student_dir: Path, reference: Path, out_dir: Path, sandbox: sb.Sandbox, limits: sb.Limits,
-            hide: list[Path], extra_parameters: dict[str, Any], hidden_tests: Path | None = None) -> NotebookResult:
-    """Execute one student's copy of ``reference.name`` in a temporary copy of their folder."""
+            hide: list[Path], extra_parameters: dict[str, Any], hidden_tests: Path | None = None,
+            shared: Path | None = None) -> NotebookResult:
+    """Execute one student's copy of ``reference.name`` in a temporary copy of their folder.
+
+    :param shared: the reference's runs folder (:func:`shared_runs`), copied into the student's folder
+        wherever their submission holds no run of that name
+    """
     student, name = student_dir.name, reference.name
     result = NotebookResult(student, name, "missing")
     reference_nb = nbformat.read(reference, as_version=4)
@@ -239,6 +253,8 @@ def run_one(student_dir: Path, reference: Path, out_dir: Path, sandbox: sb.Sandb
     with tempfile.TemporaryDirectory(prefix="coursekit-grade-") as tmp:
         work = Path(tmp) / "work"
         shutil.copytree(student_dir, work, symlinks=True)
+        if shared is not None:
+            seed_runs(shared, work)
         executed = work / f".executed-{name}"
         command = [sys.executable, "-m", "papermill", name, executed.name, "--cwd", str(work), "--kernel", "python3",
                    "--no-progress-bar", "--execution-timeout", str(max(1, int(timeout_s))),
@@ -320,6 +336,60 @@ def score_exercises(source: Path, reference: Path, target: Path, sandbox: sb.San
         json.dumps({"results": scores, "sources": {g: sources.get(g, "") for g in wanted}}, indent=1))
 
 
+# --------------------------------------------------------------- runs shared by every student
+def runs_folder(reference: Path) -> str | None:
+    """The folder (relative to the working directory) where a training notebook keeps its runs: the first part
+    of its ``output_dir`` parameter's default (``runs`` for ``runs/student``); None for a notebook that does not
+    train."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(reference)).get("output_dir")
+    if declared is None:
+        return None
+    default = str(declared.get("default", "")).strip().strip("'\"")
+    parts = Path(default).parts
+    if len(parts) < 2 or Path(default).is_absolute() or ".." in parts:
+        return None  # a run folder of its own at the top, or outside: nothing safe to seed
+    return parts[0]
+
+
+def shared_runs(reference: Path, out_dir: Path, sandbox: sb.Sandbox, limits: sb.Limits, hide: list[Path],
+                extra_parameters: dict[str, Any]) -> tuple[Path | None, str]:
+    """Run the reference notebook once as the students' copies are run; returns its runs folder, kept in
+    ``out_dir/.shared-runs/NN/`` (None and why when the notebook does not train or its run failed)."""
+    folder = runs_folder(reference)
+    if folder is None:
+        return None, "the notebook trains no run"
+    keep = out_dir / ".shared-runs" / reference.name[:2]
+    if keep.exists():
+        shutil.rmtree(keep)  # the grader's own folder, from an earlier grading
+    with tempfile.TemporaryDirectory(prefix="coursekit-reference-") as tmp:
+        work = Path(tmp) / "work"
+        work.mkdir()
+        shutil.copyfile(reference, work / reference.name)
+        command = [sys.executable, "-m", "papermill", reference.name, ".executed.ipynb", "--cwd", str(work),
+                   "--kernel", "python3", "--no-progress-bar", "--execution-timeout", str(max(1, int(limits.timeout_s))),
+                   *papermill_parameters(reference, extra_parameters)]
+        start = time.perf_counter()
+        done = sb.run(command, work, sandbox, dataclasses.replace(limits, timeout_s=limits.timeout_s + 30), hide=hide)
+        runs = work / folder
+        if done.returncode != 0 or done.timed_out or done.limit or not runs.is_dir() or symlinks_in(runs):
+            why = "timed out" if done.timed_out else done.limit or failure_reason(done.stderr, done.returncode)
+            return None, f"the reference run failed ({why}); every student's run trains on its own"
+        keep.mkdir(parents=True)
+        shutil.copytree(runs, keep / folder)
+    return keep, f"reference run in {time.perf_counter() - start:.0f} s; its runs are reused by default settings"
+
+
+def seed_runs(shared: Path, work: Path) -> None:
+    """Copy the shared runs into a student's temporary folder, never over a run folder the student submitted."""
+    for top in shared.iterdir():
+        for run in top.iterdir():
+            target = work / top.name / run.name
+            if run.is_dir() and not target.exists() and not target.is_symlink():
+                shutil.copytree(run, target)
+
+
 # ------------------------------------------------------------------------ the whole batch
 def export_student_pdf(student: str, out_dir: Path, sandbox: sb.Sandbox, limits: sb.Limits,
                        hide: list[Path]) -> str:
@@ -349,7 +419,7 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
           pdf: bool = True, extra_parameters: dict[str, Any] | None = None,
           progress: bool = True, disk_gb: float = 2.0,
           max_processes: int = 64, hidden_tests: str | Path | None = REPO / "grading" / "hidden_tests.py",
-          scores: str | Path | None = None) -> tuple[list[NotebookResult], sb.Sandbox]:
+          scores: str | Path | None = None, share_runs: bool = True) -> tuple[list[NotebookResult], sb.Sandbox]:
     """Grade every student folder of ``submissions`` against the notebooks of ``reference_dir``.
 
     :param jobs: notebooks run at the same time
@@ -357,6 +427,8 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
     :param hidden_tests: the instructors' hidden exercise cases (None: visible checks only, half the points)
     :param scores: the instructor's scores of the written answers (default ``out/scores.csv``, created as a
         template to fill in when missing; never replaced)
+    :param share_runs: run each training notebook once as the reference and let students with its default
+        settings reuse its runs (see the module's text); False: every student trains their own
     :raises ValueError: a limit of 0 or less (it would fail every student or switch the limit off)
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -393,13 +465,20 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
                          "expected a folder or a ZIP per student, or a platform's bulk download"))
     for line in collected.problems:
         print(f"shape problem: {line}", flush=True)
-    tasks = [(folder, r) for folder in collected.students.values() for r in references]
     start = time.perf_counter()
+    shared: dict[str, Path | None] = {}
+    for reference in references if share_runs else []:
+        if runs_folder(reference) is not None:
+            shared[reference.name], note = shared_runs(reference, out, sandbox, limits, hide, extra_parameters or {})
+            print(f"{reference.name}: {note}", flush=True)
+    # the longest notebooks first (the course's later ones), so that two runs at a time end together
+    tasks = [(folder, r) for r in reversed(references) for folder in collected.students.values()]
 
     def one(task):
         student_dir, reference = task
         try:
-            res = run_one(student_dir, reference, out, sandbox, limits, hide, extra_parameters or {}, hidden_tests)
+            res = run_one(student_dir, reference, out, sandbox, limits, hide, extra_parameters or {}, hidden_tests,
+                          shared.get(reference.name))
         except Exception as err:  # noqa: BLE001 - the grader's own failure on one run must not stop the batch
             res = NotebookResult(student_dir.name, reference.name, "failed", error=f"grader error: {err!r}"[:500])
         if progress:
@@ -409,6 +488,9 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(one, tasks))
+    # reported student by student, each in course order
+    results = [r for student in collected.students.values() for ref in references
+               for r in results if r.student == student.name and r.notebook == ref.name]
     pdf_errors: dict[str, str] = {}
     if pdf:
         names = sorted({r.student for r in results})

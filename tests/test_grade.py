@@ -291,3 +291,72 @@ def test_limits_of_zero_or_less_are_refused(course, option, value):
     with pytest.raises(ValueError, match="must be"):
         G.grade(subs, out, reference_dir=reference, pdf=False, progress=False, **{option: value})
     assert not out.exists(), "nothing is written before the settings are checked"
+
+
+TRAIN_CELL = '''
+import hashlib, json
+from coursekit import runs
+from diffusion_lib.train import TrainConfig
+config = TrainConfig(out_dir=output_dir, epochs=1, batch_size=32, limit=64, seed=seed, vae_dir=checkpoint_dir,
+                     warmup_steps=2, unet={UNET}, prompt={PROMPT}, progress=False, device=device)
+history, how = runs.train_or_reuse(config)
+digest = hashlib.sha256(open(f"{output_dir}/denoiser.safetensors", "rb").read()).hexdigest()
+json.dump({"notebook": "08", "values": {"how": how, "digest": digest, "loss": history[-1]["loss"]}},
+          open(f"{results_dir}/results_08.json", "w"))
+'''
+
+
+def training_notebook(seed: int = 0):
+    """A course notebook that trains a tiny run the way notebook 07 does (``output_dir``, ``train_or_reuse``)."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell(f'quick: bool = False\ndevice: str = "auto"\nseed: int = {seed}\n'
+                                       'output_dir: str = "runs/student"\ncheckpoint_dir: str = "../checkpoints"\n'
+                                       'results_dir: str = "."')
+    params.metadata["tags"] = ["parameters"]
+    body = TRAIN_CELL.replace("{UNET}", repr({"base_channels": 8, "channel_mult": [1, 2], "attention_levels": [1],
+                                              "num_heads": 2, "norm_groups": 4, "ff_mult": 1}))
+    nb.cells = [nbformat.v4.new_markdown_cell("# 08 - a tiny training run"), params,
+                nbformat.v4.new_code_cell(body.replace("{PROMPT}", repr({"dim": 16, "heads": 2})))]
+    return nb
+
+
+def test_training_notebook_runs_once_and_default_settings_reuse_it(tmp_path):
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    name = "08_tiny_train.ipynb"
+    nbformat.write(training_notebook(), reference / name)
+    assert G.runs_folder(reference / name) == "runs"
+    subs = tmp_path / "submissions"
+    for student, seed in (("kept", 0), ("changed", 1)):
+        (subs / student).mkdir(parents=True)
+        nbformat.write(training_notebook(seed), subs / student / name)
+    results, _ = G.grade(subs, tmp_path / "shared", reference_dir=reference, jobs=2, pdf=False, progress=False,
+                         hidden_tests=None)
+    values = {r.student: r.values for r in results}
+    assert all(r.status == "ok" for r in results), results
+    assert values["kept"]["how"] == "reused" and values["changed"]["how"] == "trained"
+    assert values["kept"]["digest"] != values["changed"]["digest"]
+    assert (tmp_path / "shared" / ".shared-runs" / "08" / "runs" / "student" / "denoiser.safetensors").is_file()
+
+    # without sharing, the same student trains the run themselves: the very same weights
+    alone, _ = G.grade(subs, tmp_path / "alone", reference_dir=reference, jobs=2, pdf=False, progress=False,
+                       hidden_tests=None, share_runs=False)
+    (kept,) = [r for r in alone if r.student == "kept"]
+    assert kept.values["how"] == "trained"
+    assert kept.values["digest"] == values["kept"]["digest"] and kept.values["loss"] == values["kept"]["loss"]
+    assert not (tmp_path / "alone" / ".shared-runs").exists()
+
+
+def test_shared_runs_never_replace_a_submitted_run(tmp_path):
+    shared = tmp_path / "shared"
+    (shared / "runs" / "student").mkdir(parents=True)
+    (shared / "runs" / "student" / "denoiser.safetensors").write_text("the reference's")
+    (shared / "runs" / "student-v-zsnr").mkdir()
+    (shared / "runs" / "student-v-zsnr" / "denoiser.safetensors").write_text("the reference's v run")
+    work = tmp_path / "work"
+    (work / "runs" / "student").mkdir(parents=True)
+    (work / "runs" / "student" / "denoiser.safetensors").write_text("mine")
+    G.seed_runs(shared, work)
+    assert (work / "runs" / "student" / "denoiser.safetensors").read_text() == "mine"
+    assert (work / "runs" / "student-v-zsnr" / "denoiser.safetensors").read_text() == "the reference's v run"
