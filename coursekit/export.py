@@ -347,11 +347,37 @@ def answers_book(notebooks: Iterable[Path], title: str = "Answers", derivations:
     return book
 
 
+# what xelatex writes to its log when the next pass would change the output (outline, page labels,
+# longtable column widths, references); the package banner "Rerun checks for auxiliary files" is not one
+RERUN = re.compile(r"Rerun to get|Rerun LaTeX|Please rerun|Label\(s\) may have changed")
+
+
+def _pdf_exporter(**kwargs: Any):
+    """nbconvert's PDF exporter, running xelatex again only while its log asks for it (at most
+    ``latex_count`` times) instead of always three times: a book is settled after two passes."""
+    from nbconvert import PDFExporter
+    from nbconvert.exporters.pdf import LatexFailed
+
+    class SettlingPDFExporter(PDFExporter):
+        def run_latex(self, filename, raise_on_failure=LatexFailed):
+            def log_error(command, out):
+                self.log.critical("%s failed: %s\n%s", command[0], command, out)
+
+            log = Path(filename).with_suffix(".log")
+            for _ in range(self.latex_count):
+                if not self.run_command(self.latex_command, filename, 1, log_error, raise_on_failure):
+                    return False
+                if not (log.is_file() and RERUN.search(log.read_text(errors="replace"))):
+                    return True
+            return True
+
+    return SettlingPDFExporter(**kwargs)
+
+
 def to_pdf(book: Any, out: str | Path) -> Path:
     """Write ``book`` as a PDF through nbconvert and xelatex with the DejaVu template."""
     import shutil
 
-    from nbconvert import PDFExporter
     from nbconvert.exporters.pdf import LatexFailed
 
     missing = [tool for tool in ("xelatex", "pandoc") if shutil.which(tool) is None]
@@ -365,7 +391,7 @@ def to_pdf(book: Any, out: str | Path) -> Path:
     # the context holders are empty code cells: show only their outputs
     config.TagRemovePreprocessor.enabled = True
     config.TagRemovePreprocessor.remove_input_tags = {"remove_input"}
-    exporter = PDFExporter(config=config, template_name=TEMPLATE_NAME, extra_template_basedirs=[str(TEMPLATE_DIR)])
+    exporter = _pdf_exporter(config=config, template_name=TEMPLATE_NAME, extra_template_basedirs=[str(TEMPLATE_DIR)])
     exporter.exclude_input_prompt = True
     exporter.exclude_output_prompt = True
     book = copy.deepcopy(book)

@@ -174,3 +174,26 @@ def test_long_names_in_tables_may_break_but_code_spans_stay_literal():
     assert out[2].startswith(r"| down_\allowbreak{}blocks.\allowbreak{}2.") and r"Spatial\allowbreak{}Transformer" in out[2]
     assert "`results_01.json`" in out[2]
     assert out[0] == "| layer | file |" and out[1] == "|---|---|" and out[3] == "not_a_table.line_here"
+
+
+def test_xelatex_runs_again_only_while_its_log_asks(tmp_path, monkeypatch):
+    """The exporter stops after the pass whose log asks for no rerun, and never runs more than latex_count."""
+    for line in ("Package hyperref Warning: Rerun to get /PageLabels entry.",
+                 "Package longtable Warning: Table widths have changed. Rerun LaTeX.",
+                 "LaTeX Warning: Label(s) may have changed. Rerun to get cross-references right."):
+        assert export.RERUN.search(line), line
+    assert not export.RERUN.search("Package: rerunfilecheck 2022-07-10 v1.10 Rerun checks for auxiliary files (HO)")
+    # a stand-in for xelatex: counts its passes and asks for a rerun on the first `asks` of them
+    fake = tmp_path / "fake-latex"
+    fake.write_text('#!/bin/sh\nn=$(cat passes 2>/dev/null || echo 0); n=$((n + 1)); echo $n > passes\n'
+                    'if [ "$n" -le "$ASKS" ]; then echo "LaTeX Warning: Label(s) may have changed." > "${1%.tex}.log";'
+                    ' else echo "all settled" > "${1%.tex}.log"; fi\n')
+    fake.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    for asks, passes in ((0, 1), (1, 2), (2, 3), (5, 3)):
+        monkeypatch.setenv("ASKS", str(asks))
+        (tmp_path / "passes").unlink(missing_ok=True)
+        exporter = export._pdf_exporter()
+        exporter.latex_command = [str(fake), "{filename}"]
+        assert exporter.run_latex("notebook.tex")
+        assert int((tmp_path / "passes").read_text()) == passes, asks
