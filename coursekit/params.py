@@ -154,7 +154,7 @@ def _check_no_unknown_parameters() -> None:
 def check(*, device: Any = "auto", quick: Any = False, seed: Any = 0) -> torch.device:
     """Check the three parameters every notebook has; return the torch device to use.
 
-    :param device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
+    :param device: ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``
     :param quick: True for the fast run used in tests and grading (small sizes, static figures)
     :param seed: a non-negative integer that seeds every random draw of the notebook
     :raises ParameterError: (a ``ValueError``) naming the bad parameter and the valid values, or

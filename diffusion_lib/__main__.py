@@ -30,7 +30,7 @@ def _add_common_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
     p.add_argument("--spacing", default="trailing", help="timestep spacing: leading, trailing or linspace")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--batch-size", type=int, default=500, help="images per sampler call")
     p.add_argument("--no-progress", action="store_true")
 
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "diffusion cannot beat)")
 
     p = sub.add_parser("bench", help="measure training and sampling speed")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--vs-diffusers", action="store_true", help="also time diffusers' UNet2DConditionModel of the same shape")
     p.add_argument("--iters", type=int, default=10, help="timed iterations per measurement (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")

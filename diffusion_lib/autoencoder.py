@@ -382,7 +382,7 @@ def measure_scale_factor(vae: AutoencoderKL, images, batch_size: int = 500) -> f
     vae.eval()
     total, total_sq, count = 0.0, 0.0, 0
     for batch in _batches(x, batch_size):
-        mu = vae.encode(batch.to(device, non_blocking=True)).mode().double()
+        mu = vae.encode(batch.to(device, non_blocking=True)).mode().to("cpu", torch.float64)  # MPS has no float64
         total += mu.sum().item()
         total_sq += mu.pow(2).sum().item()
         count += mu.numel()

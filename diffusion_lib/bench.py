@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .autoencoder import AutoencoderConfig, AutoencoderKL, vae_loss
 from .denoiser import Denoiser, default_denoiser_config
-from .device import default_channels_last
+from .device import default_channels_last, synchronize
 from .layers import reference_kernels
 from .pipeline import Pipeline
 from .train import prompt_table
@@ -51,8 +51,7 @@ class Timing:
 
 
 def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
 
 
 def median_time(step, iters: int, warmup: int, device: torch.device) -> float:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write_bytes
+from .device import synchronize
 
 SUFFIXES = (".png", ".npz")
 MAX_PNG_IMAGES = 10_000  # a 100 x 100 grid of 28-pixel images: beyond that a picture shows nothing
@@ -108,8 +109,7 @@ def plan_job(pipe, total: int, batch_size: int, steps: int, sampler: str, guided
         pipe.denoiser(x, t, table, rows)  # warm-up
         start = time.perf_counter()
         pipe.denoiser(x, t, table, rows)
-        if pipe.device.type == "cuda":
-            torch.cuda.synchronize(pipe.device)
+        synchronize(pipe.device)
         per_pass = time.perf_counter() - start
     batches = -(-total // batch_size)
     seconds = per_pass * steps * (total / b)

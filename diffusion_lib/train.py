@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import contextlib
 import dataclasses
 import json
 import math
@@ -96,7 +97,8 @@ from .checkpoint import (
 from .checks import MAX_SEED, config_from_dict
 from .data import DATASETS, FASHION_MNIST_CLASSES, MNIST_CLASSES, load_split, to_model_space
 from .denoiser import AUTOENCODER_SHA256, PREDICTION_TYPES, Denoiser, DenoiserConfig, default_denoiser_config
-from .device import default_channels_last, resolve_device
+from .device import (accumulator_dtype, autocast_dtype, default_channels_last, distributed_backend, fused_optimizer,
+                     resolve_device, synchronize)
 from .schedules import NoiseSchedule, resolve_schedule_name
 from .text_encoder import PROMPT_TEMPLATES, Tokenizer
 
@@ -354,10 +356,14 @@ class _Distributed:
         if world_size <= 1:
             return cls()
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
-        use_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
-        if use_cuda:
+        try:
+            device_type = resolve_device(device_name, local_rank).type
+            backend = distributed_backend(device_type)  # refuses MPS with a clear message
+        except ValueError as err:
+            raise TrainingError(str(err)) from err
+        if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend=backend)
         return cls(rank, world_size, local_rank, True)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -421,6 +427,8 @@ def state_tensors(model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, 
     tensors["rng.torch_cpu"] = torch.get_rng_state()
     if device.type == "cuda":
         tensors["rng.torch_cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        tensors["rng.torch_mps"] = torch.mps.get_rng_state()
     return tensors, scalars
 
 
@@ -455,6 +463,8 @@ def restore_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model:
         generator.set_state(tensors["rng.generator"])
         if device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.torch_cuda"], device)
+        elif device.type == "mps" and "rng.torch_mps" in tensors:
+            torch.mps.set_rng_state(tensors["rng.torch_mps"])
     else:
         # a CPU generator's state means nothing to a CUDA generator (and back): start a new stream
         generator.manual_seed(int(meta["train_config"]["seed"]) + int(meta["epoch"]))
@@ -704,7 +714,8 @@ class Trainer:
         z_t = self.schedule.add_noise(z0, noise, t)
         # 5. target = eps, or v = sqrt(abar_t) eps - sqrt(1 - abar_t) z_0
         target = self.schedule.training_target(z0, noise, t, self.model_config.prediction_type)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        reduced = autocast_dtype(device)  # bfloat16 on CUDA, None (float32) on the CPU and MPS
+        with torch.autocast(device.type, dtype=reduced) if reduced else contextlib.nullcontext():
             # the prompt encoder runs once per distinct prompt (31 rows), not once per example
             prediction = self.train_model(z_t, t, self.prompts, prompt)
         # per example: || target - f_theta(z_t, t, c) ||^2, averaged over the latent's elements
@@ -730,8 +741,8 @@ class Trainer:
         self.epoch += 1
         device, batch = self.device, self.config.batch_size
         start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        count = torch.zeros((), device=device, dtype=torch.float64)
+        loss_sum = torch.zeros((), device=device, dtype=accumulator_dtype(device))
+        count = torch.zeros((), device=device, dtype=accumulator_dtype(device))
         bad = torch.zeros((), device=device)
         checked = self.step
         perm = torch.randperm(len(self.latents), generator=self.generator, device=device)
@@ -749,8 +760,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{(loss_sum / count).item():.4f}", lr=f"{self.lr:.2e}")
         if self.show:
             bar.close()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         wall = time.perf_counter() - start
         # each rank saw a slice of every batch: the totals are the sums over ranks
         loss_sum, count = self.dist.all_reduce_sum(torch.stack([loss_sum, count])).tolist()
@@ -869,8 +879,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) 
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # fused: one kernel for the whole update on a GPU; foreach: batched ops on the CPU
-    fused = device.type == "cuda"
+    # fused: one kernel for the whole update on a CUDA GPU; foreach: batched ops elsewhere
+    fused = fused_optimizer(device)
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused,
                              foreach=None if fused else True)
 

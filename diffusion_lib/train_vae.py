@@ -50,6 +50,7 @@ from .autoencoder import (
 )
 from .checkpoint import check_output_folder, commit_files, component_files
 from .data import load_split
+from .device import accumulator_dtype
 
 LOG_NAME = "vae_log.jsonl"
 SCALE_SAMPLE = 10_000  # training images used to measure scale_factor
@@ -94,7 +95,7 @@ def train_vae(
     :param epochs: passes over the training images
     :param lr: peak learning rate of the warm-up + cosine schedule
     :param seed: fixes initialisation, shuffling and posterior samples
-    :param device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+    :param device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, ...
     :param limit: train on the first ``limit`` training images only (quick runs)
     :param progress: show a tqdm progress bar
     :param dataset: ``"fashion-mnist"`` or ``"mnist"``
@@ -152,7 +153,7 @@ def train_vae(
         epoch_start = time.perf_counter()
         order = torch.randperm(n, generator=shuffle_gen).to(device)
         # running sums stay on the device: no host sync per step on a GPU
-        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        sums = torch.zeros(3, dtype=accumulator_dtype(device), device=device)
         bar = tqdm(range(steps_per_epoch), desc=f"vae epoch {epoch}/{epochs}", disable=not progress, leave=False)
         for i in bar:
             x = images[order[i * batch_size : (i + 1) * batch_size]]
@@ -165,7 +166,7 @@ def train_vae(
             total.backward()
             optimiser.step()
             step += 1
-            sums += torch.stack([total, rec, kl]).detach().double() * x.shape[0]
+            sums += torch.stack([total, rec, kl]).detach().to(sums.dtype) * x.shape[0]
             if progress and i % 50 == 0:
                 bar.set_postfix(loss=f"{total.item():.4f}", kl=f"{kl.item():.1f}")
         bar.close()
