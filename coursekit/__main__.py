@@ -4,7 +4,7 @@
 
     python -m coursekit course  [--out output]      every notebook in quick mode, samples, evaluation, answers PDF
     python -m coursekit full-mode [--out output/full]  every notebook with its defaults; results to answers/full_mode
-    python -m coursekit export  [--notebooks output/notebooks] [--out answers/answers.pdf]
+    python -m coursekit export  [--notebooks output/notebooks] [--out answers/answers.pdf] [--format auto]
     python -m coursekit release --out release/ [--zip student-kit.zip] [--overwrite]
     python -m coursekit grade   SUBMISSIONS --out grading/ [--jobs 2] [--timeout 600] [--memory-gb 8] [--scores F]
                                 [--disk-gb 2] [--max-processes 64] [--hidden-tests F | --no-hidden-tests]
@@ -36,15 +36,18 @@ def _full_mode(args) -> int:
 
 
 def _export(args) -> int:
-    from .export import DERIVATIONS, ExportError, export_answers
+    from .export import DERIVATIONS, ExportError, export_answers, pdf_toolchain_problem
 
     start = time.perf_counter()
     try:
         path = export_answers(args.notebooks, args.out, derivations=None if args.no_derivations else DERIVATIONS,
-                              title=args.title)
+                              title=args.title, format=args.format)
     except ExportError as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 1
+    if args.format == "auto" and path.suffix == ".html":
+        print(f"{pdf_toolchain_problem()}.\nWrote the same content as one HTML page instead: {path} (open it in a "
+              "browser; print it to PDF from there if you need one).", file=sys.stderr)
     print(f"wrote {path} ({time.perf_counter() - start:.0f} s)")
     return 0
 
@@ -119,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="answers/answers.pdf")
     p.add_argument("--title", default="The Stable Diffusion course: answers")
     p.add_argument("--no-derivations", action="store_true", help="leave out answers/derivations.md")
+    p.add_argument("--format", choices=("auto", "pdf", "html"), default="auto",
+                   help="auto (default): the PDF, or one HTML page with the same content where xelatex or pandoc "
+                        "is missing; pdf: the PDF or an error; html: the HTML page")
     p.set_defaults(run=_export)
 
     p = sub.add_parser("release", help="the student edition: reference answers replaced, outputs cleared")

@@ -94,7 +94,7 @@ def run_course(out: str | Path, checkpoint: str | Path = "checkpoints", device: 
     from diffusion_lib.pipeline import Pipeline
     from diffusion_lib.plotting import save_image_grid
 
-    from .export import ExportError, export_answers
+    from .export import ExportError, export_answers, pdf_toolchain_problem
 
     out, checkpoint = Path(out).resolve(), Path(checkpoint).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -117,8 +117,10 @@ def run_course(out: str | Path, checkpoint: str | Path = "checkpoints", device: 
     if pdf is not None:
         start = time.perf_counter()
         try:
-            path = export_answers(out / "notebooks", pdf)
+            path = export_answers(out / "notebooks", pdf, format="auto")
             print(f"answers: {path} ({time.perf_counter() - start:.0f} s)")
+            if path.suffix == ".html":
+                print(f"  (as one HTML page, not a PDF: {pdf_toolchain_problem()})")
         except ExportError as err:
             print(f"answers PDF failed: {err}")
             failed.append("answers PDF")

@@ -374,36 +374,42 @@ def _pdf_exporter(**kwargs: Any):
     return SettlingPDFExporter(**kwargs)
 
 
-def to_pdf(book: Any, out: str | Path) -> Path:
-    """Write ``book`` as a PDF through nbconvert and xelatex with the DejaVu template."""
+FORMATS = ("auto", "pdf", "html")
+
+
+def pdf_toolchain_problem() -> str:
+    """What is missing for the PDF (xelatex, pandoc) and how to install it; '' when nothing is."""
     import shutil
 
-    from nbconvert.exporters.pdf import LatexFailed
-
     missing = [tool for tool in ("xelatex", "pandoc") if shutil.which(tool) is None]
-    if missing:
-        raise ExportError(f"{' and '.join(missing)} not found: install the PDF toolchain (Debian: apt-get install "
-                          "texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc fonts-dejavu-core; "
-                          "./kit setup does it)")
+    if not missing:
+        return ""
+    return (f"{' and '.join(missing)} not found, which the PDF needs. Install them: Debian/Ubuntu: apt-get install "
+            "texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc fonts-dejavu-core (./kit setup "
+            "does it); macOS: MacTeX (or BasicTeX) and pandoc, e.g. brew install --cask mactex and brew install "
+            "pandoc; Windows: MiKTeX and pandoc")
+
+
+def _config():
     from traitlets.config import Config
 
     config = Config()
     # the context holders are empty code cells: show only their outputs
     config.TagRemovePreprocessor.enabled = True
     config.TagRemovePreprocessor.remove_input_tags = {"remove_input"}
-    exporter = _pdf_exporter(config=config, template_name=TEMPLATE_NAME, extra_template_basedirs=[str(TEMPLATE_DIR)])
-    exporter.exclude_input_prompt = True
-    exporter.exclude_output_prompt = True
+    return config
+
+
+def _tagged(book: Any) -> Any:
+    """A copy of ``book`` whose context holders carry the tag that hides their (empty) input."""
     book = copy.deepcopy(book)
     for cell in book.cells:
         if cell.cell_type == "code" and "context_for" in cell.metadata.get("coursekit", {}):
             cell.metadata.setdefault("tags", []).append("remove_input")
-    try:
-        body, _ = exporter.from_notebook_node(book, resources={"metadata": {"name": book.metadata.get("title", "")}})
-    except LatexFailed as err:
-        log = err.output if isinstance(err.output, str) else ""
-        tail = "\n".join(log.splitlines()[-30:])
-        raise ExportError(f"xelatex failed while writing {out}:\n{tail}") from err
+    return book
+
+
+def _write(out: str | Path, body: bytes) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -412,8 +418,51 @@ def to_pdf(book: Any, out: str | Path) -> Path:
     return out
 
 
+def to_html(book: Any, out: str | Path) -> Path:
+    """Write ``book`` as one self-contained HTML page (figures embedded): the same content as the PDF,
+    for machines without xelatex. Math is typeset by MathJax, which the page loads when online."""
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(config=_config(), template_name="lab", embed_images=True)
+    exporter.exclude_input_prompt = True
+    exporter.exclude_output_prompt = True
+    body, _ = exporter.from_notebook_node(_tagged(book), resources={"metadata": {"name": book.metadata.get("title", "")}})
+    return _write(out, body.encode("utf-8"))
+
+
+def to_pdf(book: Any, out: str | Path) -> Path:
+    """Write ``book`` as a PDF through nbconvert and xelatex with the DejaVu template."""
+    from nbconvert.exporters.pdf import LatexFailed
+
+    problem = pdf_toolchain_problem()
+    if problem:
+        raise ExportError(problem)
+    exporter = _pdf_exporter(config=_config(), template_name=TEMPLATE_NAME,
+                             extra_template_basedirs=[str(TEMPLATE_DIR)])
+    exporter.exclude_input_prompt = True
+    exporter.exclude_output_prompt = True
+    book = _tagged(book)
+    try:
+        body, _ = exporter.from_notebook_node(book, resources={"metadata": {"name": book.metadata.get("title", "")}})
+    except LatexFailed as err:
+        log = err.output if isinstance(err.output, str) else ""
+        tail = "\n".join(log.splitlines()[-30:])
+        raise ExportError(f"xelatex failed while writing {out}:\n{tail}") from err
+    return _write(out, body)
+
+
 def export_answers(notebooks_dir: str | Path, out: str | Path, derivations: Path | None = DERIVATIONS,
-                   title: str = "The Stable Diffusion course: answers", subtitle: str = "") -> Path:
-    """Build the answers book from ``notebooks_dir`` and write it to ``out`` (PDF)."""
+                   title: str = "The Stable Diffusion course: answers", subtitle: str = "",
+                   format: str = "pdf") -> Path:
+    """Build the answers book from ``notebooks_dir`` and write it to ``out``; returns the file written.
+
+    :param format: ``"pdf"``; ``"html"`` (``out`` with the suffix ``.html``); ``"auto"``: the PDF, or the HTML
+        page when xelatex or pandoc is missing (the caller tells the user: :func:`pdf_toolchain_problem`)
+    :raises ExportError: no executed notebooks, an unknown format, or the PDF asked for without its toolchain
+    """
+    if format not in FORMATS:
+        raise ExportError(f"unknown format {format!r}; valid: {', '.join(FORMATS)}")
     book = answers_book(executed_notebooks(notebooks_dir), title=title, derivations=derivations, subtitle=subtitle)
+    if format == "html" or (format == "auto" and pdf_toolchain_problem()):
+        return to_html(book, Path(out).with_suffix(".html"))
     return to_pdf(book, out)

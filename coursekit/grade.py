@@ -408,9 +408,10 @@ def export_student_pdf(student: str, out_dir: Path, sandbox: sb.Sandbox, limits:
                    str(work / "answers.pdf"), "--no-derivations", "--title", f"Answers of {student}"]
         done = sb.run(command, work, sandbox, dataclasses.replace(limits, timeout_s=max(600, limits.timeout_s)),
                       hide=hide)
-        if done.returncode == 0 and (work / "answers.pdf").is_file():
-            shutil.copyfile(work / "answers.pdf", folder / "answers.pdf")
-            return ""
+        for name in ("answers.pdf", "answers.html"):  # the HTML page where the machine has no xelatex
+            if done.returncode == 0 and (work / name).is_file() and not (work / name).is_symlink():
+                shutil.copyfile(work / name, folder / name)
+                return ""
         return "PDF export failed: " + (_tail(done.stderr) or ("timed out" if done.timed_out else "no output"))
 
 
@@ -539,6 +540,12 @@ def summary_lines(results: list[NotebookResult], pdf_errors: dict[str, str]) -> 
     return "\n".join(lines) + "\n"
 
 
+def answers_file(folder: Path) -> str:
+    """The name of a student's exported answers: the PDF, or the HTML page written where xelatex is missing."""
+    return "answers.html" if (folder / "answers.html").is_file() and not (folder / "answers.pdf").is_file() \
+        else "answers.pdf"
+
+
 def write_html(results: list[NotebookResult], sandbox: sb.Sandbox, path: Path, pdf_errors: dict[str, str],
                seconds: float, shape_notes: list[str] = ()) -> None:
     e = html.escape
@@ -558,7 +565,8 @@ def write_html(results: list[NotebookResult], sandbox: sb.Sandbox, path: Path, p
     names = sorted({r.student for r in results})
     exported = {name for name, err in pdf_errors.items() if not err}  # a PDF was written for them
     students_html = "".join(
-        f"<li>{e(line)}" + (f" (<a href='{e(name)}/answers.pdf'>answers.pdf</a>)" if name in exported else "")
+        f"<li>{e(line)}" + (f" (<a href='{e(name)}/{answers_file(path.parent / name)}'>"
+                            f"{answers_file(path.parent / name)}</a>)" if name in exported else "")
         + "</li>" for name, line in zip(names, summary_lines(results, pdf_errors).splitlines()))
     warning = "" if sandbox.isolated else " style='color:#b00000;font-weight:bold'"
     page = f"""<!DOCTYPE html>

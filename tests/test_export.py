@@ -197,3 +197,35 @@ def test_xelatex_runs_again_only_while_its_log_asks(tmp_path, monkeypatch):
         exporter.latex_command = [str(fake), "{filename}"]
         assert exporter.run_latex("notebook.tex")
         assert int((tmp_path / "passes").read_text()) == passes, asks
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_without_xelatex_the_same_answers_come_as_one_html_page(executed, tmp_path):
+    """xelatex and pandoc hidden (an empty PATH): a clear message naming what to install,
+    and the same book as a self-contained HTML page; asked for the PDF alone, a clear error."""
+    import sys
+
+    bare = tmp_path / "bin"  # an empty folder: the only place commands are looked for
+    bare.mkdir()
+    env = {**os.environ, "PATH": str(bare)}
+    out = tmp_path / "answers.pdf"
+    run = subprocess.run([sys.executable, "-m", "coursekit", "export", "--notebooks", str(executed), "--out",
+                          str(out)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "xelatex and pandoc not found" in run.stderr and "apt-get install texlive-xetex" in run.stderr
+    assert "MacTeX" in run.stderr and "MiKTeX" in run.stderr
+    page = (tmp_path / "answers.html").read_text()
+    assert not out.exists()
+    nb = nbformat.read(executed / NB01.name, as_version=4)
+    for q in Q.find_questions(nb):
+        assert q.label in page
+    assert "β_t and ᾱ_t" in page and "Derivations" in page
+    assert page.count("data:image/png;base64,") >= 5, "figures are embedded"
+    assert "What to look at" in page
+    for junk in ("interactive(children", "IntSlider", "it/s]"):
+        assert junk not in page, junk
+    strict = subprocess.run([sys.executable, "-m", "coursekit", "export", "--notebooks", str(executed),
+                             "--out", str(out), "--format", "pdf"], capture_output=True, text=True, env=env,
+                            cwd=tmp_path)
+    assert strict.returncode == 1 and "xelatex and pandoc not found" in strict.stderr and not out.exists()
