@@ -216,8 +216,7 @@ def failure_reason(stderr: str, returncode: int | None) -> str:
 
 
 def run_one(student_dir: Path, reference: Path, out_dir: Path, sandbox: sb.Sandbox, limits: sb.Limits,
-            hide: list[Path], extra_parameters: dict[str, Any], hidden_tests: Path | None = None,
-            shared: Path | None = None) -> NotebookResult:
+            hide: list[Path], extra_parameters: dict[str, Any], shared: Path | None = None) -> NotebookResult:
     """Execute one student's copy of ``reference.name`` in a temporary copy of their folder.
 
     :param shared: the reference's runs folder (:func:`shared_runs`), copied into the student's folder
@@ -278,7 +277,6 @@ def run_one(student_dir: Path, reference: Path, out_dir: Path, sandbox: sb.Sandb
             result.status = "timeout"
             result.error = f"a cell ran longer than {timeout_s:.0f} s and was interrupted ({result.error})"
         results_file = work / f"results_{name[:2]}.json"
-        score_exercises(source, reference, target, sandbox, limits, hide, hidden_tests, result)
         if results_file.is_file() and not results_file.is_symlink():
             try:
                 payload = json.loads(results_file.read_text()[:1_000_000])
@@ -296,44 +294,54 @@ def run_one(student_dir: Path, reference: Path, out_dir: Path, sandbox: sb.Sandb
     return result
 
 
-def score_exercises(source: Path, reference: Path, target: Path, sandbox: sb.Sandbox, limits: sb.Limits,
-                    hide: list[Path], hidden_tests: Path | None, result: NotebookResult) -> None:
-    """Run :mod:`coursekit.autograde` on the student's notebook in a fresh sandboxed folder, keep its scores
-    (``exercises_NN.json``: results and the cells' sources) and add the points to ``result``."""
+def score_exercises(student_dir: Path, graded: list[NotebookResult], out_dir: Path, sandbox: sb.Sandbox,
+                    limits: sb.Limits, hide: list[Path], hidden_tests: Path | None) -> None:
+    """Run :mod:`coursekit.autograde` once for a student's notebooks (those ``graded`` that could be read), in a
+    fresh sandboxed folder; keep the scores per notebook (``exercises_NN.json``: results and the cells' sources)
+    and add the points to each result."""
     from .autograde import SECONDS_PER_EXERCISE, exercise_cells
     from .exercises import EXERCISES, of_notebook
 
-    wanted = of_notebook(reference.name)
+    wanted = {r.notebook: of_notebook(r.notebook) for r in graded
+              if r.status not in ("missing", "unreadable", "refused") and of_notebook(r.notebook)}
     if not wanted:
         return
-    result.exercise_possible = float(sum(EXERCISES[g].points for g in wanted))
-    student_nb = json.loads(source.read_text(encoding="utf-8"))
-    sources = exercise_cells(student_nb)
+    every = [gid for gids in wanted.values() for gid in gids]
     with tempfile.TemporaryDirectory(prefix="coursekit-exercises-") as tmp:
         work = Path(tmp)
-        shutil.copyfile(source, work / source.name)
-        command = [sys.executable, "-m", "coursekit.autograde", source.name, "--out", "scores.json"]
+        for name in wanted:
+            shutil.copyfile(student_dir / name, work / name)
+        command = [sys.executable, "-m", "coursekit.autograde", *wanted, "--out", "scores.json"]
         if hidden_tests is not None:
             shutil.copyfile(hidden_tests, work / "hidden_tests.py")
             command += ["--hidden", "hidden_tests.py"]
-        budget = SECONDS_PER_EXERCISE * len(wanted) + 60
+        budget = (SECONDS_PER_EXERCISE + 15) * len(every) + 60
         done = sb.run(command, work, sandbox, dataclasses.replace(limits, timeout_s=budget), hide=hide)
         scores_file = work / "scores.json"
         try:
             scores = json.loads(scores_file.read_text()) if scores_file.is_file() else {}
         except (json.JSONDecodeError, UnicodeDecodeError):
             scores = {}
-    if not isinstance(scores, dict) or set(scores) != set(wanted):
-        why = "timed out" if done.timed_out else failure_reason(done.stderr, done.returncode)
-        scores = {gid: {"exercise": EXERCISES[gid].function, "possible": EXERCISES[gid].points, "points": 0.0,
-                        "visible": [f"the exercise checks did not finish ({why})"], "hidden": []} for gid in wanted}
-    for gid, r in scores.items():  # what the student's code wrote is not trusted: points within 0..possible
-        points = r.get("points", 0.0) if isinstance(r, dict) else 0.0
-        r["points"] = min(max(float(points), 0.0), float(EXERCISES[gid].points)) if isinstance(points, (int, float)) \
-            else 0.0
-    result.exercise_points = sum(r["points"] for r in scores.values())
-    (target / f"exercises_{reference.name[:2]}.json").write_text(
-        json.dumps({"results": scores, "sources": {g: sources.get(g, "") for g in wanted}}, indent=1))
+    if not isinstance(scores, dict):
+        scores = {}
+    why = "timed out" if done.timed_out else failure_reason(done.stderr, done.returncode)
+    for result in graded:
+        gids = wanted.get(result.notebook)
+        if not gids:
+            continue
+        mine = {gid: scores.get(gid) for gid in gids}
+        for gid, r in mine.items():
+            if not isinstance(r, dict):  # the checks did not finish: nothing for this exercise
+                mine[gid] = r = {"exercise": EXERCISES[gid].function, "possible": EXERCISES[gid].points,
+                                 "visible": [f"the exercise checks did not finish ({why})"], "hidden": []}
+            points = r.get("points", 0.0)  # what the student's code wrote is not trusted: points within 0..possible
+            r["points"] = min(max(float(points), 0.0), float(EXERCISES[gid].points)) \
+                if isinstance(points, (int, float)) and not isinstance(points, bool) else 0.0
+        result.exercise_possible = float(sum(EXERCISES[g].points for g in gids))
+        result.exercise_points = sum(r["points"] for r in mine.values())
+        sources = exercise_cells(json.loads((student_dir / result.notebook).read_text(encoding="utf-8")))
+        (out_dir / result.student / f"exercises_{result.notebook[:2]}.json").write_text(
+            json.dumps({"results": mine, "sources": {g: sources.get(g, "") for g in gids}}, indent=1))
 
 
 # --------------------------------------------------------------- runs shared by every student
@@ -467,19 +475,19 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
     for line in collected.problems:
         print(f"shape problem: {line}", flush=True)
     start = time.perf_counter()
-    shared: dict[str, Path | None] = {}
-    for reference in references if share_runs else []:
-        if runs_folder(reference) is not None:
-            shared[reference.name], note = shared_runs(reference, out, sandbox, limits, hide, extra_parameters or {})
-            print(f"{reference.name}: {note}", flush=True)
-    # the longest notebooks first (the course's later ones), so that two runs at a time end together
-    tasks = [(folder, r) for r in reversed(references) for folder in collected.students.values()]
+    training = [r for r in references if share_runs and runs_folder(r) is not None]
+
+    def reference_run(reference: Path) -> Path | None:
+        folder, note = shared_runs(reference, out, sandbox, limits, hide, extra_parameters or {})
+        print(f"{reference.name}: {note}", flush=True)
+        return folder
 
     def one(task):
         student_dir, reference = task
         try:
-            res = run_one(student_dir, reference, out, sandbox, limits, hide, extra_parameters or {}, hidden_tests,
-                          shared.get(reference.name))
+            # a training notebook waits for its reference run (started first, beside other students' runs)
+            shared = pending[reference.name].result() if reference.name in pending else None
+            res = run_one(student_dir, reference, out, sandbox, limits, hide, extra_parameters or {}, shared)
         except Exception as err:  # noqa: BLE001 - the grader's own failure on one run must not stop the batch
             res = NotebookResult(student_dir.name, reference.name, "failed", error=f"grader error: {err!r}"[:500])
         if progress:
@@ -487,8 +495,20 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
                   f"{res.wall_s} s" + (f"  {res.error[:100]}" if res.error else ""), flush=True)
         return res
 
+    # the longest notebooks first (the course's later ones), so that the runs at the end are short ones; a
+    # training notebook second, so that its reference run is done by the time its students' turn comes
+    order = [r for r in reversed(references) if r not in training]
+    order[1:1] = list(reversed(training))
+    tasks = [(folder, r) for r in order for folder in collected.students.values()]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(one, tasks))
+        pending = {r.name: pool.submit(reference_run, r) for r in training}
+        futures = [pool.submit(one, task) for task in tasks]
+        results = [f.result() for f in futures]
+    # the exercises: one sandboxed scoring process per student, all their notebooks
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(lambda folder: score_exercises(folder, [r for r in results if r.student == folder.name], out,
+                                                     sandbox, limits, hide, hidden_tests),
+                      collected.students.values()))
     # reported student by student, each in course order
     results = [r for student in collected.students.values() for ref in references
                for r in results if r.student == student.name and r.notebook == ref.name]

@@ -202,3 +202,21 @@ def test_points_of_every_question_are_set():
         total += sum(Q.points_of(nb.cells[q.answer_index]) for q in Q.find_questions(nb))
     assert total == 121 and E.total_points() == 29
     assert copy.deepcopy(E.EXERCISES) == E.EXERCISES
+
+
+def test_each_exercise_is_scored_in_a_child_of_its_own(monkeypatch):
+    """A cell that kills its process, tampers with the checks or hangs costs its own exercise only."""
+    hidden = autograde.load_hidden(HIDDEN)
+    dies = with_body("ex1_1", "import os\n    os._exit(3)")
+    assert "exit code" in autograde.score("ex1_1", dies, hidden)["visible"][0]
+    # tampering: the cell replaces the checker in its own process; the next exercise is checked as usual
+    tamper = reference_source("ex1_2").replace(
+        "def ", "import coursekit.exercises as _E\n_E.failures = lambda *a, **k: []\n\ndef ", 1)
+    tamper_wrong = tamper.replace("return", "return 0 *", 1)
+    autograde.score("ex1_2", tamper_wrong, hidden)
+    assert autograde.score("ex1_1", with_body("ex1_1", "return x0"), hidden)["points"] == 0
+    assert autograde.score("ex1_1", reference_source("ex1_1"), hidden)["points"] == E.EXERCISES["ex1_1"].points
+    # a hang is stopped at the time limit
+    monkeypatch.setattr(autograde, "SECONDS_PER_EXERCISE", 2)
+    hangs = with_body("ex1_1", "while True:\n        pass")
+    assert "longer than 2 s" in autograde.score("ex1_1", hangs, hidden)["visible"][0]
