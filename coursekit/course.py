@@ -23,6 +23,7 @@ from pathlib import Path
 from diffusion_lib.checkpoint import atomic_write_text
 
 from . import REPO
+from .kernels import ipc_kernel_manager
 
 
 
@@ -32,27 +33,31 @@ FULL_MODE = REPO / "answers" / "full_mode"  # the results files of the last full
 def run_notebooks(out: Path, checkpoint: Path, device: str, quick: bool = True) -> list[dict]:
     """Execute ``notebooks/NN_*.ipynb`` (in quick mode, or with their default parameters) into ``out``;
     one status dict per notebook."""
+    out.mkdir(parents=True, exist_ok=True)
+    with ipc_kernel_manager() as manager:
+        return [run_notebook(source, out, checkpoint, device, quick, manager)
+                for source in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
+
+
+def run_notebook(source: Path, out: Path, checkpoint: Path, device: str, quick: bool, manager: type) -> dict:
+    """Execute one course notebook into ``out`` with papermill, its kernel started by ``manager``; its status."""
     import papermill
 
-    out.mkdir(parents=True, exist_ok=True)
-    statuses = []
-    for source in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        known = papermill.inspect_notebook(str(source))
-        wanted = {"quick": quick, "device": "cpu" if device == "auto" else device, "checkpoint_dir": str(checkpoint),
-                  "evaluator_dir": str(checkpoint)}
-        params = {k: v for k, v in wanted.items() if k in known}
-        start = time.perf_counter()
-        status = {"notebook": source.name, "ok": True, "error": None}
-        try:
-            papermill.execute_notebook(str(source), str(out / source.name), parameters=params, kernel_name="python3",
-                                       cwd=str(out), progress_bar=False)
-        except papermill.PapermillExecutionError as err:
-            status.update(ok=False, error=f"cell {err.exec_count}: {err.ename}: {err.evalue}")
-        status["seconds"] = round(time.perf_counter() - start, 1)
-        print(f"{source.name:<40} {'ok' if status['ok'] else 'FAILED'} ({status['seconds']} s)"
-              + (f"  {status['error']}" if status["error"] else ""), flush=True)
-        statuses.append(status)
-    return statuses
+    known = papermill.inspect_notebook(str(source))
+    wanted = {"quick": quick, "device": "cpu" if device == "auto" else device, "checkpoint_dir": str(checkpoint),
+              "evaluator_dir": str(checkpoint)}
+    params = {k: v for k, v in wanted.items() if k in known}
+    start = time.perf_counter()
+    status = {"notebook": source.name, "ok": True, "error": None}
+    try:
+        papermill.execute_notebook(str(source), str(out / source.name), parameters=params, kernel_name="python3",
+                                   cwd=str(out), progress_bar=False, kernel_manager_class=manager)
+    except papermill.PapermillExecutionError as err:
+        status.update(ok=False, error=f"cell {err.exec_count}: {err.ename}: {err.evalue}")
+    status["seconds"] = round(time.perf_counter() - start, 1)
+    print(f"{source.name:<40} {'ok' if status['ok'] else 'FAILED'} ({status['seconds']} s)"
+          + (f"  {status['error']}" if status["error"] else ""), flush=True)
+    return status
 
 
 def record_full_mode(executed: Path, statuses: list[dict], target: Path = FULL_MODE) -> list[Path]:

@@ -92,7 +92,7 @@ setup() {
     if command -v dpkg-query >/dev/null && ! dpkg-query -W -f='${Status}' dataset-fashion-mnist 2>/dev/null \\
             | grep -q "install ok installed" && [ -z "${DIFFUSION_DATA:-}" ]; then
         as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist
     fi
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q -r requirements.txt

@@ -415,3 +415,28 @@ def test_written_answer_is_what_the_student_wrote():
     assert questions.written_answer(cell.replace(questions.STUDENT_PLACEHOLDER, "# beta  \n\n# gamma")) == "# beta\n\n# gamma"
     assert questions.written_answer("# markers deleted, answer kept") == "# markers deleted, answer kept"
     assert questions.written_answer("   \n") == ""
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_the_main_jobs_kernels_start_without_warnings(tmp_path):
+    """The main job's kernels talk over IPC sockets in a private folder: no 'TCP without encryption' warning
+    in the job's output, and no socket file left behind."""
+    import subprocess
+    import sys
+
+    script = ("from pathlib import Path\nfrom coursekit import REPO\nfrom coursekit.course import run_notebook\n"
+              "from coursekit.kernels import ipc_kernel_manager\n"
+              "with ipc_kernel_manager() as manager:\n"
+              "    status = run_notebook(REPO / 'notebooks' / '02_noise_schedules.ipynb', Path('.'), "
+              "REPO / 'checkpoints', 'cpu', True, manager)\n"
+              "    print('IPC folder', Path(manager().ip).parent)\n"
+              "assert status['ok'], status\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert run.returncode == 0, run.stderr
+    output = run.stdout + run.stderr
+    assert "WARNING" not in output and "without encryption" not in output, output
+    folder = Path(output.split("IPC folder ")[1].split()[0])
+    assert folder.parent == tmp_path and not folder.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["02_noise_schedules.ipynb", "results_02.json"]
