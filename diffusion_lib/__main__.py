@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from .checkpoint import CheckpointError
@@ -122,7 +121,7 @@ def cmd_train_vae(args) -> int:
 
 def cmd_train_classifier(args) -> int:
     from .device import resolve_device
-    from .evaluator import train_classifier
+    from .train_classifier import train_classifier
 
     metrics = train_classifier(args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                device=str(resolve_device(args.device)), limit=args.limit, progress=not args.no_progress,
@@ -188,34 +187,8 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def run_evaluation(pipe, evaluator, num_images: int, guidance: float, steps: int, sampler: str, seed: int,
-                   eta: float = 0.0, spacing: str = "trailing", progress: bool = True, batch_size: int = 500) -> dict:
-    """Generate ``num_images`` (evenly over the classes) and measure them; timings included."""
-    classes = list(pipe.class_names)
-    per_class = -(-num_images // len(classes))
-    start = time.perf_counter()
-    result = pipe(classes, num_images=per_class, num_inference_steps=steps, guidance_scale=guidance, sampler=sampler,
-                  seed=seed, eta=eta, timestep_spacing=spacing, progress=progress, batch_size=batch_size)
-    seconds = time.perf_counter() - start
-    metrics = evaluator.evaluate(result.images, result.labels)
-    metrics.update(sampler=sampler, steps=steps, guidance=guidance, sampling_seconds=round(seconds, 2))
-    return metrics
-
-
-def format_table(rows: list[dict], floor: dict, autoencoder_floor: dict | None = None) -> str:
-    lines = [f"{'sampler':<12} {'steps':>5} {'guid.':>5} {'images':>6} {'FID':>8} {'KID':>9} {'acc.':>6}"]
-    floors = [("real data", floor)] + ([("autoencoder", autoencoder_floor)] if autoencoder_floor else [])
-    for name, f in floors:
-        lines.append(f"{name:<12} {'':>5} {'':>5} {f['num_images']:>6} {f['fid']:>8.3f} {f['kid']:>9.5f} "
-                     f"{f['accuracy']:>6.3f}")
-    for r in rows:
-        lines.append(f"{r['sampler']:<12} {r['steps']:>5} {r['guidance']:>5g} {r['num_images']:>6} {r['fid']:>8.3f} "
-                     f"{r['kid']:>9.5f} {r['accuracy']:>6.3f}")
-    return "\n".join(lines)
-
-
 def cmd_evaluate(args) -> int:
-    from .evaluator import Evaluator
+    from .evaluator import Evaluator, format_table, run_evaluation
     from .pipeline import Pipeline
 
     check_sampling_args(args)

@@ -75,6 +75,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -104,6 +105,15 @@ from .text_encoder import PROMPT_TEMPLATES, Tokenizer
 
 STATE = "train_state"  # component name of the resumable training state
 DENOISER = "denoiser"  # component name of the EMA weights the pipeline loads
+# the fp16 EMA snapshots of the ladder: snapshot_name(5) == "denoiser_epoch005", parsed by SNAPSHOT_PATTERN
+SNAPSHOT_PATTERN = re.compile(rf"^{DENOISER}_epoch(\d+)$")
+
+
+def snapshot_name(epoch: int) -> str:
+    """The component name of the EMA snapshot kept after ``epoch`` epochs (one rung of the ladder)."""
+    return f"{DENOISER}_epoch{epoch:03d}"
+
+
 VAE = "vae"
 LOG_FILE = "train_log.jsonl"
 STATE_FORMAT = 1
@@ -153,7 +163,7 @@ class TrainConfig:
         On a busy machine fewer threads can be much faster: idle-waiting threads stall every op
     :param compile: ``torch.compile`` the denoiser (faster steps on CUDA after a warm-up)
     :param channels_last: keep the U-Net's maps and kernels in channels_last memory order; None =
-        on the CPU only, where its convolutions run ~10% faster so (``python -m diffusion_lib bench``)
+        on the CPU only (:func:`~diffusion_lib.device.default_channels_last`)
     """
 
     out_dir: str
@@ -388,13 +398,11 @@ def encode_latents(vae: nn.Module, images: torch.Tensor, device: torch.device, b
 
     z_0 = s * mu(x): the posterior mode, not a sample, so the cache is deterministic.
     """
-    scale = float(vae.config.scale_factor)
     chunks = []
     starts = range(0, images.shape[0], batch_size)
     for start in _progress(starts, progress, desc="encoding latents", unit="batch", leave=False):
         x = to_model_space(images[start : start + batch_size]).to(device)
-        # z_0 = s * mode(q(z | x))
-        chunks.append(scale * vae.encode(x).mode().float())
+        chunks.append(vae.encode_latents(x).float())  # z_0 = s * mu(x)
     return torch.cat(chunks)
 
 
@@ -846,7 +854,7 @@ class Trainer:
         denoiser_json = {**model_config, AUTOENCODER_SHA256: self.vae_sha}
         files = {}
         if self.epoch in self.config.snapshot_epochs:
-            name = f"{DENOISER}_epoch{self.epoch:03d}"
+            name = snapshot_name(self.epoch)
             files.update(component_files(name, self.ema.shadow, denoiser_json, dtype=torch.float16))
         files.update(component_files(DENOISER, self.ema.shadow, denoiser_json))
         tensors, scalars = state_tensors(self.model, self.ema, self.optimizer, self.generator, self.device)
