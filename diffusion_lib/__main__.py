@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a classifier already in --out")
     p.add_argument("--no-progress", action="store_true")
 
-    from .train import add_train_arguments
+    from .train_cli import add_train_arguments
 
     add_train_arguments(sub.add_parser("train", help="train the denoiser"))
 
@@ -131,7 +131,7 @@ def cmd_train_classifier(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import run_from_args
+    from .train_cli import run_from_args
 
     return run_from_args(args)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from .autoencoder import reconstruct
 from .classifier import FashionClassifier, load_classifier, predict

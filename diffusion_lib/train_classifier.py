@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import check_output_folder, commit_files, component_files
 from .classifier import COMPONENT, ClassifierConfig, FashionClassifier, predict
 from .data import load_split
 from .device import resolve_device
+from .metrics import conditional_accuracy
 
 LOG_NAME = "classifier_log.jsonl"
 

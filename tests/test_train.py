@@ -23,18 +23,9 @@ from diffusion_lib import train as train_module
 from diffusion_lib.autoencoder import AutoencoderConfig, AutoencoderKL, load_autoencoder
 from diffusion_lib.checkpoint import load_component, read_checksums, save_component, verify_file
 from diffusion_lib.denoiser import Denoiser, load_denoiser
-from diffusion_lib.train import (
-    EMA,
-    TrainConfig,
-    TrainingError,
-    add_train_arguments,
-    build_denoiser_config,
-    config_from_args,
-    learning_rate,
-    shard,
-    steps_per_epoch,
-    train,
-)
+from diffusion_lib.distributed import shard
+from diffusion_lib.train import EMA, TrainConfig, TrainingError, build_denoiser_config, learning_rate, steps_per_epoch, train
+from diffusion_lib.train_cli import add_train_arguments, config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_UNET = {"base_channels": 8, "channel_mult": [1, 2], "attention_levels": [1], "num_heads": 2, "norm_groups": 4, "ff_mult": 1, "dropout": 0.1}
