@@ -764,3 +764,9 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) 
     fused = fused_optimizer(device)
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused,
                              foreach=None if fused else True)
+
+
+if __name__ == "__main__":  # python -m diffusion_lib.train ... is python -m diffusion_lib train ...
+    from .train_cli import main
+
+    sys.exit(main())
