@@ -38,7 +38,7 @@ from .denoiser import Denoiser, default_denoiser_config
 from .device import default_channels_last, synchronize
 from .layers import reference_kernels
 from .pipeline import Pipeline
-from .train import prompt_table
+from .text_encoder import prompt_table
 
 
 @dataclass
@@ -242,7 +242,7 @@ def run_bench(device: str = "cpu", vs_diffusers: bool = False, tiny: bool = Fals
     batch, warmup = (16, 1) if tiny else (256, 3)
     iters = 2 if tiny else iters
     denoiser = Denoiser(default_denoiser_config())
-    prompts = prompt_table(denoiser, denoiser.tokenizer.class_names, torch.device("cpu"))  # (31, L)
+    prompts = prompt_table(denoiser.tokenizer, denoiser.tokenizer.class_names)  # (31, L)
     model = torch.compile(denoiser) if compile else denoiser
     rows = [bench_training(model, "denoiser training (ours)", prompts, batch, iters, warmup, dev, channels_last)]
     if vs_diffusers:

@@ -101,7 +101,7 @@ from .device import (accumulator_dtype, autocast_dtype, default_channels_last, f
 from .distributed import Distributed, DistributedError, shard
 from .schedules import NoiseSchedule, resolve_schedule_name
 from .train_state import config_differences, copy_component, log_bytes, restore_state, state_tensors
-from .text_encoder import PROMPT_TEMPLATES, Tokenizer
+from .text_encoder import PROMPT_TEMPLATES, Tokenizer, prompt_table
 
 STATE = "train_state"  # component name of the resumable training state
 DENOISER = "denoiser"  # component name of the EMA weights the pipeline loads
@@ -350,16 +350,6 @@ def encode_latents(vae: nn.Module, images: torch.Tensor, device: torch.device, b
     return torch.cat(chunks)
 
 
-def prompt_table(denoiser: Denoiser, class_names: tuple[str, ...], device: torch.device) -> torch.Tensor:
-    """Every training prompt tokenised once: (C * K + 1, L).
-
-    Row ``class * K + template`` is ``PROMPT_TEMPLATES[template]`` filled with the class
-    name (K templates); the last row is the empty prompt of classifier-free guidance.
-    """
-    prompts = [template.format(name) for name in class_names for template in PROMPT_TEMPLATES]
-    return denoiser.encode_prompts(prompts + [""]).to(device)
-
-
 # -------------------------------------------------------------------------------- training
 def train(config: TrainConfig) -> list[dict[str, Any]]:
     """Train (or resume training) the denoiser; see the module docstring for the recipe and files.
@@ -454,7 +444,7 @@ class Trainer:
         # one generator for every random draw of training, so a resumed run draws the same numbers
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.schedule = NoiseSchedule.from_dict(self.model_config.schedule)
-        self.prompts = prompt_table(self.model, self.class_names, self.device)  # (C * K + 1, L)
+        self.prompts = prompt_table(self.model.tokenizer, self.class_names).to(self.device)  # (C * K + 1, L)
         self.epoch, self.step = 0, 0
         self.saved_epoch = 0  # the last epoch whose files are all written
         self.history: list[dict[str, Any]] = []
