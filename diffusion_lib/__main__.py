@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--vs-diffusers", action="store_true", help="also time diffusers' UNet2DConditionModel of the same shape")
     p.add_argument("--iters", type=int, default=10, help="timed iterations per measurement (median reported)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="with --vs-diffusers: interleaved rounds of 3 steps of each model (median and range reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory order for training (default: as the trainer, on the CPU only)")
@@ -225,10 +227,12 @@ def cmd_bench(args) -> int:
         raise ValueError(f"--iters must be an integer >= 1, got {args.iters}")
     if args.tiny and args.iters != 10:
         print(f"note: --tiny times 2 iterations; --iters {args.iters} is ignored", file=sys.stderr)
-    rows = run_bench(args.device, args.vs_diffusers, args.tiny, args.iters, args.threads, args.channels_last,
-                     args.compile, args.options)
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be an integer >= 1, got {args.rounds}")
+    rows, comparison = run_bench(args.device, args.vs_diffusers, args.tiny, args.iters, args.threads,
+                                 args.channels_last, args.compile, args.options, args.rounds)
     print(environment(args.device, args.channels_last, args.compile))
-    print(format_rows(rows))
+    print(format_rows(rows, comparison, args.device))
     return 0
 
 
