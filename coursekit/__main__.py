@@ -85,7 +85,7 @@ def _grade(args) -> int:
                                  disk_gb=args.disk_gb, max_processes=args.max_processes, pdf=not args.no_pdf,
                                  hidden_tests=None if args.no_hidden_tests else args.hidden_tests, scores=args.scores,
                                  share_runs=not args.no_shared_runs)
-    except ValueError as err:  # a bad limit, or a scores file that cannot be read as it is
+    except ValueError as err:  # a bad limit, a missing folder or file, a scores file that cannot be read
         print(f"grade failed: {err}", file=sys.stderr)
         return 1
     ran = sum(r.status == "ok" for r in results)

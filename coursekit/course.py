@@ -94,8 +94,7 @@ def run_course(out: str | Path, checkpoint: str | Path = "checkpoints", device: 
                pdf: str | Path | None = REPO / "answers" / "answers.pdf") -> int:
     import numpy as np
 
-    from diffusion_lib.__main__ import format_table, run_evaluation
-    from diffusion_lib.evaluator import Evaluator
+    from diffusion_lib.evaluator import Evaluator, format_table, run_evaluation
     from diffusion_lib.pipeline import Pipeline
     from diffusion_lib.plotting import save_image_grid
 

@@ -61,6 +61,10 @@ QUICK = {"quick": True, "device": "cpu"}
 MAX_NOTEBOOK_BYTES = 100 * 2**20  # an executed notebook larger than this is not kept in the grading output
 
 
+class GradeError(ValueError):
+    """Grading cannot start as asked (a missing folder or file, an unknown notebook); the message says why."""
+
+
 @dataclass
 class QuestionCheck:
     """How a student's notebook holds the reference questions."""
@@ -445,23 +449,23 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
     limits = sb.Limits(timeout_s, memory_gb, disk_gb, max_processes).checked()
     submissions, out, reference_dir = Path(submissions).resolve(), Path(out).resolve(), Path(reference_dir).resolve()
     if not submissions.is_dir():
-        raise SystemExit(f"{submissions} is not a folder of submissions")
+        raise GradeError(f"{submissions} is not a folder of submissions")
     references = course = sorted(reference_dir.glob("[0-9][0-9]_*.ipynb"))
     if notebooks:
         unknown = sorted(set(notebooks) - {p.name for p in references})
         if unknown:
-            raise SystemExit(f"unknown notebook(s) {', '.join(unknown)}; the course has: "
+            raise GradeError(f"unknown notebook(s) {', '.join(unknown)}; the course has: "
                              f"{', '.join(p.name for p in references)}")
         references = [p for p in references if p.name in notebooks]
     if not references:
-        raise SystemExit(f"no reference notebooks (NN_*.ipynb) in {reference_dir}")
+        raise GradeError(f"no reference notebooks (NN_*.ipynb) in {reference_dir}")
     hidden_tests = Path(hidden_tests).resolve() if hidden_tests is not None else None
     if hidden_tests is not None and not hidden_tests.is_file():
-        raise SystemExit(f"the hidden exercise tests {hidden_tests} do not exist; pass --hidden-tests FILE, or "
+        raise GradeError(f"the hidden exercise tests {hidden_tests} do not exist; pass --hidden-tests FILE, or "
                          "--no-hidden-tests to score the visible checks only")
     scores_path = Path(scores).resolve() if scores is not None else None
     if scores_path is not None and not scores_path.is_file():
-        raise SystemExit(f"--scores {scores_path} does not exist; leave it out to get a template in the output folder")
+        raise GradeError(f"--scores {scores_path} does not exist; leave it out to get a template in the output folder")
     if scores_path is not None:  # a mistake in the instructor's file is reported before an hour of runs
         gradebook.read_scores(scores_path, gradebook.course_items(course))
     out.mkdir(parents=True, exist_ok=True)
@@ -470,7 +474,7 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
     hide = [REPO, reference_dir, submissions, out]
     collected = collect_submissions(submissions, [p.name for p in course], out / ".submissions")
     if not collected.students:
-        raise SystemExit(f"no submissions recognised in {submissions}: " + ("; ".join(collected.problems[:5]) or
+        raise GradeError(f"no submissions recognised in {submissions}: " + ("; ".join(collected.problems[:5]) or
                          "expected a folder or a ZIP per student, or a platform's bulk download"))
     for line in collected.problems:
         print(f"shape problem: {line}", flush=True)

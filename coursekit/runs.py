@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,8 @@ import torch
 
 from diffusion_lib.checkpoint import CheckpointError, load_component, load_into, sha256_file
 from diffusion_lib.denoiser import Denoiser, DenoiserConfig
-from diffusion_lib.train import DENOISER, LOG_FILE, STATE, VAE, TrainConfig, train
+from diffusion_lib.train import DENOISER, LOG_FILE, SNAPSHOT_PATTERN, STATE, VAE, TrainConfig, train
 
-RUNG = re.compile(r"^denoiser_epoch(\d+)$")
 # settings that change where or how fast a run is made, not the weights it ends with
 NOT_COMPARED = ("out_dir", "vae_dir", "epochs", "resume", "overwrite", "progress", "num_threads", "device", "compile")
 
@@ -43,7 +41,7 @@ def ladder(directory: str | Path) -> list[Rung]:
     """Every ``denoiser_epochEEE.safetensors`` in ``directory`` that has its ``.json`` beside it, by epoch."""
     rungs = []
     for path in Path(directory).glob("denoiser_epoch*.safetensors"):
-        match = RUNG.match(path.stem)
+        match = SNAPSHOT_PATTERN.match(path.stem)
         if match and path.with_suffix(".json").is_file():
             rungs.append(Rung(int(match.group(1)), path.stem))
     return sorted(rungs, key=lambda r: r.epoch)

@@ -151,7 +151,7 @@ def collect(submissions: Path, course: list[str], staging: Path) -> Collected:
     their course names); ``staging`` must be new or an earlier one of ours. The submissions are only read."""
     if staging.exists():
         if not (staging / MARKER).is_file():
-            raise SystemExit(f"{staging} exists and was not written by grade; move it away first")
+            raise ValueError(f"{staging} exists and was not written by grade; move it away first")
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     (staging / MARKER).write_text(json.dumps({"written_by": "python -m coursekit grade", "from": str(submissions)}))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from .checkpoint import CheckpointError
@@ -63,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a classifier already in --out")
     p.add_argument("--no-progress", action="store_true")
 
-    from .train import add_train_arguments
+    from .train_cli import add_train_arguments
 
     add_train_arguments(sub.add_parser("train", help="train the denoiser"))
 
@@ -94,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--vs-diffusers", action="store_true", help="also time diffusers' UNet2DConditionModel of the same shape")
     p.add_argument("--iters", type=int, default=10, help="timed iterations per measurement (median reported)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="with --vs-diffusers: interleaved rounds of 3 steps of each model (median and range reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory order for training (default: as the trainer, on the CPU only)")
@@ -122,7 +123,7 @@ def cmd_train_vae(args) -> int:
 
 def cmd_train_classifier(args) -> int:
     from .device import resolve_device
-    from .evaluator import train_classifier
+    from .train_classifier import train_classifier
 
     metrics = train_classifier(args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                device=str(resolve_device(args.device)), limit=args.limit, progress=not args.no_progress,
@@ -132,7 +133,7 @@ def cmd_train_classifier(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import run_from_args
+    from .train_cli import run_from_args
 
     return run_from_args(args)
 
@@ -188,34 +189,8 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def run_evaluation(pipe, evaluator, num_images: int, guidance: float, steps: int, sampler: str, seed: int,
-                   eta: float = 0.0, spacing: str = "trailing", progress: bool = True, batch_size: int = 500) -> dict:
-    """Generate ``num_images`` (evenly over the classes) and measure them; timings included."""
-    classes = list(pipe.class_names)
-    per_class = -(-num_images // len(classes))
-    start = time.perf_counter()
-    result = pipe(classes, num_images=per_class, num_inference_steps=steps, guidance_scale=guidance, sampler=sampler,
-                  seed=seed, eta=eta, timestep_spacing=spacing, progress=progress, batch_size=batch_size)
-    seconds = time.perf_counter() - start
-    metrics = evaluator.evaluate(result.images, result.labels)
-    metrics.update(sampler=sampler, steps=steps, guidance=guidance, sampling_seconds=round(seconds, 2))
-    return metrics
-
-
-def format_table(rows: list[dict], floor: dict, autoencoder_floor: dict | None = None) -> str:
-    lines = [f"{'sampler':<12} {'steps':>5} {'guid.':>5} {'images':>6} {'FID':>8} {'KID':>9} {'acc.':>6}"]
-    floors = [("real data", floor)] + ([("autoencoder", autoencoder_floor)] if autoencoder_floor else [])
-    for name, f in floors:
-        lines.append(f"{name:<12} {'':>5} {'':>5} {f['num_images']:>6} {f['fid']:>8.3f} {f['kid']:>9.5f} "
-                     f"{f['accuracy']:>6.3f}")
-    for r in rows:
-        lines.append(f"{r['sampler']:<12} {r['steps']:>5} {r['guidance']:>5g} {r['num_images']:>6} {r['fid']:>8.3f} "
-                     f"{r['kid']:>9.5f} {r['accuracy']:>6.3f}")
-    return "\n".join(lines)
-
-
 def cmd_evaluate(args) -> int:
-    from .evaluator import Evaluator
+    from .evaluator import Evaluator, format_table, run_evaluation
     from .pipeline import Pipeline
 
     check_sampling_args(args)
@@ -252,10 +227,12 @@ def cmd_bench(args) -> int:
         raise ValueError(f"--iters must be an integer >= 1, got {args.iters}")
     if args.tiny and args.iters != 10:
         print(f"note: --tiny times 2 iterations; --iters {args.iters} is ignored", file=sys.stderr)
-    rows = run_bench(args.device, args.vs_diffusers, args.tiny, args.iters, args.threads, args.channels_last,
-                     args.compile, args.options)
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be an integer >= 1, got {args.rounds}")
+    rows, comparison = run_bench(args.device, args.vs_diffusers, args.tiny, args.iters, args.threads,
+                                 args.channels_last, args.compile, args.options, args.rounds)
     print(environment(args.device, args.channels_last, args.compile))
-    print(format_rows(rows))
+    print(format_rows(rows, comparison, args.device))
     return 0
 
 

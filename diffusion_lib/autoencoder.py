@@ -32,6 +32,8 @@ scale, their spread is *measured* after training and stored as
 
     z0 = scale_factor * mu(x)            and decodes with   D(z0 / scale_factor)
 
+(:meth:`AutoencoderKL.encode_latents` and :meth:`AutoencoderKL.decode_latents`, which everything else uses).
+
 Architecture (all sizes read from the input; H and W must be divisible by 4):
 
     encoder: conv3x3 -> [ResBlock (widen), stride-2 conv] x 2 -> ResBlock (widen) -> ResBlock
@@ -261,7 +263,7 @@ class AutoencoderKL(nn.Module):
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         """:param x: (B, in_channels, H, W) in [-1, 1], H and W divisible by f
-        :returns: q(z|x) over (B, latent_channels, H/f, W/f)"""
+        :returns: q(z|x) over (B, latent_channels, H/f, W/f), unscaled (:meth:`encode_latents` scales it)"""
         assert x.dim() == 4 and x.shape[1] == self.config.in_channels, (
             f"expected images of shape (B, {self.config.in_channels}, H, W); got {tuple(x.shape)}"
         )
@@ -269,12 +271,22 @@ class AutoencoderKL(nn.Module):
         return DiagonalGaussian(self.encoder(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """:param z: unscaled latent (B, latent_channels, h, w)
+        """:param z: unscaled latent (B, latent_channels, h, w) (:meth:`decode_latents` takes scaled ones)
         :returns: image (B, in_channels, f*h, f*w), roughly in [-1, 1] (not clipped)"""
         assert z.dim() == 4 and z.shape[1] == self.config.latent_channels, (
             f"expected latents of shape (B, {self.config.latent_channels}, h, w); got {tuple(z.shape)}"
         )
         return self.decoder(z)
+
+    def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, in_channels, H, W) -> the diffusion model's data z_0 (B, latent_channels, H/f, W/f)."""
+        # z_0 = s * mode(q(z | x)) = s * mu(x): the posterior mean, scaled to unit variance (s = config.scale_factor)
+        return self.encode(x).mode() * self.config.scale_factor
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents z (B, latent_channels, h, w), as the denoiser sees them -> images (B, in_channels, f*h, f*w)."""
+        # x = D(z / s): undo the unit-variance scaling before decoding
+        return self.decode(z / self.config.scale_factor)
 
     def forward(
         self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None

@@ -8,7 +8,13 @@ What it measures, each as the median over repeated timed iterations after warm-u
 * with ``--vs-diffusers``, the same for diffusers' ``UNet2DConditionModel`` configured to the
   same widths, depth, attention placement, context size and time-embedding width (fed by the
   same prompt encoder the same way, in the same memory order), with parameter counts and
-  GFLOP per forward pass beside each;
+  GFLOP per forward pass beside each. The two are timed in one process, interleaved: each
+  round times a block of steps of one, then of the other (the order alternating between
+  rounds), so that a machine that speeds up or slows down affects both alike; the speed-up is
+  the median over rounds of the per-round ratio, printed with its range;
+* the share of the CPU's peak floating-point rate that our training step reaches: about
+  3x the forward GFLOP per image (forward and backward) against cores x clock x FLOP per cycle
+  (32 with AVX2 and FMA, 64 with AVX-512: two fused multiply-adds per cycle);
 * with ``--options``, our denoiser's training step with each CPU option on its own and all
   together, against none of them: channels_last, the tiny-map shortcuts (``layers.Conv3x3``
   and explicit attention) and encoding each distinct prompt once;
@@ -27,6 +33,7 @@ import copy
 import platform
 import statistics
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +45,7 @@ from .denoiser import Denoiser, default_denoiser_config
 from .device import default_channels_last, synchronize
 from .layers import reference_kernels
 from .pipeline import Pipeline
-from .train import prompt_table
+from .text_encoder import prompt_table
 
 
 @dataclass
@@ -156,6 +163,87 @@ def bench_training(model: torch.nn.Module, name: str, prompts: torch.Tensor, bat
     return Timing(name, batch / seconds, "img/s", sum(p.numel() for p in model.parameters()), flops)
 
 
+@dataclass
+class Comparison:
+    """Ours against a peer, timed interleaved: per-round seconds per step and the speed-up (peer / ours)."""
+
+    ours_s: list[float]
+    peer_s: list[float]
+
+    @property
+    def ratios(self) -> list[float]:
+        return [p / o for o, p in zip(self.ours_s, self.peer_s)]
+
+    def summary(self) -> str:
+        r = self.ratios
+        return (f"speed-up of ours over diffusers' U-Net: {statistics.median(r):.2f}x median, range "
+                f"{min(r):.2f}-{max(r):.2f}x over {len(r)} interleaved rounds")
+
+
+def compare_training(ours: torch.nn.Module, peer: torch.nn.Module, prompts: torch.Tensor, batch: int, rounds: int,
+                     block: int, warmup: int, device: torch.device, channels_last: bool) -> tuple[Timing, Timing, Comparison]:
+    """Training steps of ``ours`` and ``peer`` timed in alternating blocks of ``block`` steps, ``rounds`` times
+    (the first of the pair alternating); each side's images/s is the median over rounds."""
+    steps, flops = [], []
+    for model in (ours, peer):
+        model.to(device).train().to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        inputs = training_inputs(prompts, batch, device, channels_last)
+        steps.append(training_step(model, inputs))
+        x, t, table, index = inputs
+        n = batch // 4 if batch >= 4 else batch
+        flops.append(gflop_per_sample(lambda model=model: model(x[:n], t[:n], table[index[:n]]), n))
+    for step in steps:
+        for _ in range(warmup):
+            step()
+    seconds: list[list[float]] = [[], []]
+    for r in range(rounds):
+        for side in ((0, 1) if r % 2 == 0 else (1, 0)):
+            seconds[side].append(median_time(steps[side], block, 0, device))
+    timings = [Timing(name, batch / statistics.median(s), "img/s", sum(p.numel() for p in m.parameters()), f)
+               for name, s, m, f in zip(("denoiser training (ours)", "denoiser training (diffusers UNet2DConditionModel)"),
+                                        seconds, (ours, peer), flops)]
+    return timings[0], timings[1], Comparison(*seconds)
+
+
+def cpu_peak_gflops() -> tuple[float, str] | None:
+    """The CPU's peak float32 rate this process may use (GFLOP/s) and how it was estimated; None if unknown.
+
+    cores (torch's threads) x the highest clock in /proc/cpuinfo or cpufreq x FLOP per cycle: 2 FMA units x
+    8 float32 lanes x 2 with AVX2 and FMA, 16 lanes with AVX-512 (an upper bound: some AVX-512 cores have
+    one 512-bit FMA unit, and the clock drops under wide vector load).
+    """
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    if "avx512f" in flags:
+        per_cycle, kind = 64, "AVX-512"
+    elif "avx2" in flags and "fma" in flags:
+        per_cycle, kind = 32, "AVX2+FMA"
+    else:
+        return None
+    try:
+        ghz = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1e6
+    except (OSError, ValueError):
+        mhz = [float(line.split(":", 1)[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
+        if not mhz:
+            return None
+        ghz = max(mhz) / 1e3
+    cores = torch.get_num_threads()
+    return cores * ghz * per_cycle, f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle ({kind})"
+
+
+def peak_share(timing: Timing) -> str:
+    """What share of the CPU's peak a training throughput is: ~3 x forward GFLOP per image (forward + backward)."""
+    peak = cpu_peak_gflops()
+    if peak is None or not timing.gflop:
+        return ""
+    gflops = timing.value * 3 * timing.gflop
+    return (f"our training step: {gflops:.1f} GFLOP/s (3 x {timing.gflop:.4f} GFLOP per image), "
+            f"{100 * gflops / peak[0]:.1f}% of the CPU's estimated peak {peak[0]:.0f} GFLOP/s ({peak[1]})")
+
+
 # (name, channels_last, tiny-map shortcuts, distinct prompts)
 OPTIONS = (
     ("none of the options", False, False, False),
@@ -231,8 +319,9 @@ def bench_sampling(denoiser: Denoiser, vae: AutoencoderKL, sampler: str, steps: 
 
 def run_bench(device: str = "cpu", vs_diffusers: bool = False, tiny: bool = False, iters: int = 10,
               threads: int | None = None, channels_last: bool | None = None, compile: bool = False,
-              options: bool = False) -> list[Timing]:
-    """Every measurement of the table. ``channels_last=None``: as the trainer, on the CPU only."""
+              options: bool = False, rounds: int = 5) -> tuple[list[Timing], Comparison | None]:
+    """Every measurement of the table, and the interleaved comparison with diffusers (with ``vs_diffusers``).
+    ``channels_last=None``: as the trainer, on the CPU only."""
     from .device import resolve_device
 
     dev = resolve_device(device)
@@ -242,14 +331,17 @@ def run_bench(device: str = "cpu", vs_diffusers: bool = False, tiny: bool = Fals
     batch, warmup = (16, 1) if tiny else (256, 3)
     iters = 2 if tiny else iters
     denoiser = Denoiser(default_denoiser_config())
-    prompts = prompt_table(denoiser, denoiser.tokenizer.class_names, torch.device("cpu"))  # (31, L)
+    prompts = prompt_table(denoiser.tokenizer, denoiser.tokenizer.class_names)  # (31, L)
     model = torch.compile(denoiser) if compile else denoiser
-    rows = [bench_training(model, "denoiser training (ours)", prompts, batch, iters, warmup, dev, channels_last)]
+    comparison = None
     if vs_diffusers:
         peer = PeerDenoiser(Denoiser(default_denoiser_config()))
         peer_model = torch.compile(peer) if compile else peer
-        rows.append(bench_training(peer_model, "denoiser training (diffusers UNet2DConditionModel)", prompts, batch,
-                                   iters, warmup, dev, channels_last))
+        ours, theirs, comparison = compare_training(model, peer_model, prompts, batch, 2 if tiny else max(rounds, 1),
+                                                    1 if tiny else 3, warmup, dev, channels_last)
+        rows = [ours, theirs]
+    else:
+        rows = [bench_training(model, "denoiser training (ours)", prompts, batch, iters, warmup, dev, channels_last)]
     if options:
         rows.extend(bench_options(prompts, batch, 1 if tiny else max(iters // 2, 4), warmup, dev))
     rows.append(bench_vae_training(8 if tiny else 128, iters, warmup, dev))
@@ -260,7 +352,7 @@ def run_bench(device: str = "cpu", vs_diffusers: bool = False, tiny: bool = Fals
     for sampler, steps in plan:
         repeats = 1 if tiny or steps >= 1000 else 3
         rows.append(bench_sampling(denoiser, vae, sampler, steps, n, dev, repeats))
-    return rows
+    return rows, comparison
 
 
 def environment(device: str, channels_last: bool | None, compile: bool) -> str:
@@ -274,13 +366,15 @@ def environment(device: str, channels_last: bool | None, compile: bool) -> str:
             f"each distinct prompt encoded once: True, torch.compile: {compile}")
 
 
-def format_rows(rows: list[Timing]) -> str:
+def format_rows(rows: list[Timing], comparison: Comparison | None = None, device: str = "cpu") -> str:
     lines = [f"{'what':<58} {'value':>10} {'unit':<6} {'params':>9} {'GFLOP/fwd':>9}"]
     for r in rows:
         params = f"{r.params / 1e6:.2f}M" if r.params else ""
         gflop = f"{r.gflop:.4f}" if r.gflop else ""
         lines.append(f"{r.name:<58} {r.value:>10.1f} {r.unit:<6} {params:>9} {gflop:>9}")
-    train = [r for r in rows if r.name.startswith("denoiser training")]
-    if len(train) == 2:
-        lines.append(f"speed-up of ours over diffusers' U-Net: {train[0].value / train[1].value:.2f}x")
+    if comparison is not None:
+        lines.append(comparison.summary())
+    share = peak_share(rows[0]) if str(device).startswith("cpu") else ""
+    if share:
+        lines.append(share)
     return "\n".join(lines)

@@ -85,8 +85,7 @@ def default_denoiser_config(
 ) -> DenoiserConfig:
     """The shipped model size (1.76 M parameters, 0.043 GFLOP per 4x8x8 latent and forward pass).
 
-    Training (forward + backward + AdamW, batch 256) runs at about 1300 latents
-    per second on two free CPU cores, about 700 on one.
+    Its training speed is measured by ``python -m diffusion_lib bench`` (the README's performance section).
     """
     tokenizer = tokenizer or Tokenizer()
     prompt = PromptEncoderConfig(vocab_size=tokenizer.vocab_size, max_length=tokenizer.max_length, dim=64, layers=2)

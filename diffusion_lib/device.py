@@ -9,7 +9,7 @@ choice                  CUDA             MPS                 CPU
 ======================  ===============  ==================  ====================
 autocast                bfloat16         none (float32)      none (float32)
 AdamW                   fused kernel     foreach             foreach
-channels_last default   no               no                  yes (measured ~10%)
+channels_last default   no               no                  yes (bench --options)
 multi-process backend   nccl             refused             gloo
 running sums            float64          float32             float64
 ======================  ===============  ==================  ====================
@@ -62,8 +62,8 @@ def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.devic
 
 
 def default_channels_last(device: torch.device) -> bool:
-    """Whether training keeps its maps in channels_last order when not told: on the CPU, where the
-    convolutions of this U-Net were measured ~10% faster so (``python -m diffusion_lib bench --options``)."""
+    """Whether training keeps its maps in channels_last order when not told: on the CPU, where this U-Net's
+    convolutions are faster in that order (measured by ``python -m diffusion_lib bench --options``)."""
     return device.type == "cpu"
 
 

@@ -19,7 +19,7 @@ import torch
 
 from . import checks
 from .autoencoder import AutoencoderKL, load_autoencoder
-from .data import to_model_space, to_pixels
+from .data import IMAGE_SIZE, to_model_space, to_pixels
 from .denoiser import Denoiser, load_denoiser
 from .device import resolve_device
 from .editing import latent_mask
@@ -81,21 +81,19 @@ class Pipeline:
     def latent_shape(self, n: int) -> tuple[int, int, int, int]:
         """(n, 4, 8, 8) for 32x32 images: the autoencoder's downsampling factor decides."""
         cfg = self.vae.config
-        side = 32 // cfg.downsample_factor
+        side = IMAGE_SIZE // cfg.downsample_factor
         return (n, cfg.latent_channels, side, side)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images, uint8 (B, 28, 28) or model space (B, 1, 32, 32) -> scaled latents z (B, 4, h, w)."""
         x = _images_as_model_space(images, "images").to(self.device)
-        # z = scale_factor * mu(x): the posterior mean, scaled to unit variance as in training
-        return self.vae.encode(x).mode() * self.vae.config.scale_factor
+        return self.vae.encode_latents(x)  # z = scale_factor * mu(x), as in training
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents z (B, 4, h, w) -> model-space images (B, 1, 4h, 4w)."""
-        # x = D(z / scale_factor): undo the unit-variance scaling before decoding
-        return self.vae.decode(latents.to(self.device) / self.vae.config.scale_factor)
+        return self.vae.decode_latents(latents.to(self.device))  # x = D(z / scale_factor)
 
     def check_request(self, prompt, num_images=1, num_inference_steps=20, sampler="dpmsolver++",
                       guidance_scale=3.0, eta=0.0, timestep_spacing="trailing") -> list[str]:

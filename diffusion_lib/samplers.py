@@ -12,7 +12,12 @@ Notation (variable name -> paper symbol):
     x0_hat            -> \hat x_0 = f_\theta(x_t), "predicted x_0" (DDIM eq. 12)
     eps_hat           -> \epsilon_\theta(x_t, t)
     sigma_t           -> \sigma_t(\eta) (DDIM eq. 16)
-    lam               -> \lambda_t = log(\alpha_t / \sigma_t) (DPM-Solver; half the log-SNR)
+    t, t_prev         -> the timestep of x_t and the one a step goes to (t_prev < t; -1: the end)
+DPM-Solver++ (Lu et al. 2022) writes its step from t_{i-1} to t_i; here that is t -> t_prev, and
+
+    alpha_t, sigma_t  -> \alpha_t = sqrt(\bar\alpha_t), \sigma_t = sqrt(1 - \bar\alpha_t) (DPM-Solver's, not DDIM's)
+    lam_t             -> \lambda_t = log(\alpha_t / \sigma_t) (half the log-SNR)
+    h                 -> h_i = \lambda_{t_prev} - \lambda_t;  r -> r_i = h_{i-1} / h_i
 
 Samplers
 --------
@@ -159,54 +164,54 @@ class DPMSolverPP2M:
     r"""DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) for the data-prediction ODE.
 
     With \alpha_t = sqrt(\bar\alpha_t), \sigma_t = sqrt(1 - \bar\alpha_t), \lambda_t = log(\alpha_t / \sigma_t)
-    and h = \lambda_t - \lambda_s, the exact solution of the diffusion ODE from s to t is
+    and h = \lambda_{t'} - \lambda_t, the exact solution of the diffusion ODE from t to t' < t is
 
-        x_t = (\sigma_t / \sigma_s) x_s + \sigma_t \int_{\lambda_s}^{\lambda_t} e^\lambda \hat x_0(\lambda) d\lambda.
+        x_{t'} = (\sigma_{t'} / \sigma_t) x_t + \sigma_{t'} \int_{\lambda_t}^{\lambda_{t'}} e^\lambda \hat x_0(\lambda) d\lambda.
 
     Holding \hat x_0 constant gives the first-order step (= DDIM with eta 0); a linear
-    extrapolation from the previous step's \hat x_0 gives the second-order "2M" step.
-    The state (previous \hat x_0 and \lambda) lives in the instance: one instance per
+    extrapolation from the last step's \hat x_0 gives the second-order "2M" step.
+    The state (the last step's \hat x_0 and \lambda) lives in the instance: one instance per
     sampling run.
     """
 
     def __init__(self, schedule: NoiseSchedule):
         self.schedule = schedule
-        self.prev_x0: torch.Tensor | None = None
-        self.prev_lambda: float | None = None
+        self.last_x0: torch.Tensor | None = None
+        self.last_lambda: float | None = None
 
     def _alpha_sigma_lambda(self, t: int) -> tuple[float, float, float]:
         abar = self.schedule.alphas_cumprod[t].item()
         alpha, sigma = abar**0.5, (1 - abar) ** 0.5
         if alpha == 0:
-            # zero terminal SNR: lambda = -inf, so h = inf and the first step is x = sigma_t x_T + alpha_t x0_hat
+            # zero terminal SNR: lambda = -inf, so h = inf and the first step is x = sigma_t' x_T + alpha_t' x0_hat
             return alpha, sigma, -math.inf
         return alpha, sigma, float(np.log(alpha) - np.log(sigma))
 
-    def step(self, model_output: torch.Tensor, t: int, t_next: int, x: torch.Tensor, prediction_type: str = "epsilon") -> tuple[torch.Tensor, torch.Tensor]:
-        """Advance ``x`` from timestep ``t`` to ``t_next`` (-1: the end, sigma = 0).
+    def step(self, model_output: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, prediction_type: str = "epsilon") -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance ``x`` from timestep ``t`` to ``t_prev`` (-1: the end, sigma = 0): the paper's t_{i-1} -> t_i.
 
-        :returns: (x_{t_next}, \\hat x_0 at t)
+        :returns: (x_{t_prev}, \\hat x_0 at t)
         """
         tt = torch.full((x.shape[0],), t, dtype=torch.long)
         x0_hat = self.schedule.pred_x0(model_output, x, tt, prediction_type)
-        alpha_s, sigma_s, lam_s = self._alpha_sigma_lambda(t)
-        if t_next < 0:
+        alpha_t, sigma_t, lam_t = self._alpha_sigma_lambda(t)
+        if t_prev < 0:
             # sigma = 0 at the end: lambda = +inf and the step returns \hat x_0 itself (first order)
-            x_next = x0_hat
+            x_prev = x0_hat
         else:
-            alpha_t, sigma_t, lam_t = self._alpha_sigma_lambda(t_next)
-            # h = \lambda_t - \lambda_s
-            h = lam_t - lam_s
-            # first order: x_t = (\sigma_t/\sigma_s) x_s - \alpha_t (e^{-h} - 1) D_0
+            alpha_prev, sigma_prev, lam_prev = self._alpha_sigma_lambda(t_prev)
+            # h_i = \lambda_{t_i} - \lambda_{t_{i-1}}
+            h = lam_prev - lam_t
+            # first order: x_{t_i} = (\sigma_{t_i} / \sigma_{t_{i-1}}) x_{t_{i-1}} - \alpha_{t_i} (e^{-h_i} - 1) D_i, D_i = \hat x_0
             D = x0_hat
-            if self.prev_x0 is not None:
-                # r_0 = h_0 / h with h_0 = \lambda_s - \lambda_{s-1};  D_1 = (\hat x_0 - \hat x_0^{prev}) / r_0
-                r0 = (lam_s - self.prev_lambda) / h
-                # second order (midpoint): D = D_0 + D_1 / 2
-                D = x0_hat + 0.5 * (x0_hat - self.prev_x0) / r0
-            x_next = (sigma_t / sigma_s) * x - alpha_t * np.expm1(-h) * D
-        self.prev_x0, self.prev_lambda = x0_hat, lam_s
-        return x_next, x0_hat
+            if self.last_x0 is not None:
+                # r_i = h_{i-1} / h_i with h_{i-1} = \lambda_{t_{i-1}} - \lambda_{t_{i-2}}
+                r = (lam_t - self.last_lambda) / h
+                # second order: D_i = (1 + 1 / (2 r_i)) \hat x_0 - 1 / (2 r_i) \hat x_0^{last} = \hat x_0 + (\hat x_0 - \hat x_0^{last}) / (2 r_i)
+                D = x0_hat + 0.5 * (x0_hat - self.last_x0) / r
+            x_prev = (sigma_prev / sigma_t) * x - alpha_prev * np.expm1(-h) * D
+        self.last_x0, self.last_lambda = x0_hat, lam_t
+        return x_prev, x0_hat
 
 
 # ------------------------------------------------------------------------- the loop

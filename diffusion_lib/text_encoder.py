@@ -182,6 +182,16 @@ class Tokenizer:
         return tokenizer
 
 
+def prompt_table(tokenizer: "Tokenizer", class_names: tuple[str, ...]) -> torch.Tensor:
+    """Every training prompt tokenised once: (C * K + 1, L) token ids, on the CPU.
+
+    Row ``class * K + template`` is ``PROMPT_TEMPLATES[template]`` filled with the class
+    name (K templates); the last row is the empty prompt of classifier-free guidance.
+    """
+    prompts = [template.format(name) for name in class_names for template in PROMPT_TEMPLATES]
+    return tokenizer.encode(prompts + [""])
+
+
 def _split_words(text: str) -> list[str]:
     """Lower case, punctuation -> space (hyphens inside words survive), split on white space."""
     text = re.sub(r"[^\w\s-]", " ", text.lower())

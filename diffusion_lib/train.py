@@ -8,16 +8,16 @@ frozen; every training image is encoded ONCE into its scaled latent
 and the denoiser learns to remove noise from those latents. One training step
 (Ho et al. 2020, Algorithm 1, with a text condition c):
 
-    1. take a batch of latents z_0 and their class prompts c
-    2. draw t ~ U{0, ..., T-1} and \epsilon ~ N(0, I)
-    3. noise:  z_t = sqrt(\bar\alpha_t) z_0 + sqrt(1 - \bar\alpha_t) \epsilon     (q(z_t | z_0))
-    4. condition dropout: c <- "" with probability p_drop, so that the SAME network
+    1. draw t ~ U{0, ..., T-1} and \epsilon ~ N(0, I) for every example of the batch
+    2. take the batch's latents z_0 and their class prompts c
+    3. condition dropout: c <- "" with probability p_drop, so that the SAME network
        also learns the unconditional model needed by classifier-free guidance
        (Ho & Salimans 2022)
-    5. loss:  L = || target - f_\theta(z_t, t, c) ||^2,  target = \epsilon (epsilon
+    4. the loss (:func:`denoising_loss`): noise z_t = sqrt(\bar\alpha_t) z_0 + sqrt(1 - \bar\alpha_t) \epsilon
+       (q(z_t | z_0)), then L = || target - f_\theta(z_t, t, c) ||^2, target = \epsilon (epsilon
        prediction) or v = sqrt(\bar\alpha_t) \epsilon - sqrt(1 - \bar\alpha_t) z_0
-    6. AdamW step on L, after clipping the gradient norm
-    7. exponential moving average of the weights:
+    5. AdamW step on L, after clipping the gradient norm
+    6. exponential moving average of the weights:
            \theta_ema <- d \theta_ema + (1 - d) \theta
 
 The prompts are the class names put into the templates "a photo of a {}", "a {}"
@@ -64,17 +64,18 @@ GLOBAL batch (summed over ranks), and every rank draws the same random numbers
 for the whole batch and keeps its slice, so K processes follow the same
 trajectory as one process, up to floating-point rounding (and dropout-layer masks,
 which each rank draws itself). Only rank 0 writes files and shows progress bars.
+
+Beside this file: ``train_state.py`` (the resumable state), ``distributed.py`` (the process
+group and each rank's slice), ``train_cli.py`` (the command line).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import contextlib
 import dataclasses
-import json
 import math
-import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -86,24 +87,33 @@ import torch.nn as nn
 
 from .autoencoder import load_autoencoder
 from .checkpoint import (
-    CheckpointError,
     commit_files,
     component_files,
     load_component,
-    load_into,
     recover,
     sha256_file,
 )
 from .checks import MAX_SEED, config_from_dict
 from .data import DATASETS, FASHION_MNIST_CLASSES, MNIST_CLASSES, load_split, to_model_space
-from .denoiser import AUTOENCODER_SHA256, PREDICTION_TYPES, Denoiser, DenoiserConfig, default_denoiser_config
-from .device import (accumulator_dtype, autocast_dtype, default_channels_last, distributed_backend, fused_optimizer,
+from .denoiser import AUTOENCODER_SHA256, Denoiser, DenoiserConfig, default_denoiser_config
+from .device import (accumulator_dtype, autocast_dtype, default_channels_last, fused_optimizer,
                      resolve_device, synchronize)
+from .distributed import Distributed, DistributedError, shard
 from .schedules import NoiseSchedule, resolve_schedule_name
-from .text_encoder import PROMPT_TEMPLATES, Tokenizer
+from .train_state import config_differences, copy_component, log_bytes, restore_state, state_tensors
+from .text_encoder import PROMPT_TEMPLATES, Tokenizer, prompt_table
 
 STATE = "train_state"  # component name of the resumable training state
 DENOISER = "denoiser"  # component name of the EMA weights the pipeline loads
+# the fp16 EMA snapshots of the ladder: snapshot_name(5) == "denoiser_epoch005", parsed by SNAPSHOT_PATTERN
+SNAPSHOT_PATTERN = re.compile(rf"^{DENOISER}_epoch(\d+)$")
+
+
+def snapshot_name(epoch: int) -> str:
+    """The component name of the EMA snapshot kept after ``epoch`` epochs (one rung of the ladder)."""
+    return f"{DENOISER}_epoch{epoch:03d}"
+
+
 VAE = "vae"
 LOG_FILE = "train_log.jsonl"
 STATE_FORMAT = 1
@@ -153,7 +163,7 @@ class TrainConfig:
         On a busy machine fewer threads can be much faster: idle-waiting threads stall every op
     :param compile: ``torch.compile`` the denoiser (faster steps on CUDA after a warm-up)
     :param channels_last: keep the U-Net's maps and kernels in channels_last memory order; None =
-        on the CPU only, where its convolutions run ~10% faster so (``python -m diffusion_lib bench``)
+        on the CPU only (:func:`~diffusion_lib.device.default_channels_last`)
     """
 
     out_dir: str
@@ -316,68 +326,12 @@ def steps_per_epoch(num_images: int, batch_size: int, world_size: int) -> int:
     return full + (1 if rest >= world_size else 0)
 
 
-def shard(n: int, rank: int, world_size: int) -> slice:
-    """The part of a global batch of ``n`` examples that ``rank`` trains on (near-equal, disjoint)."""
-    return slice(rank * n // world_size, (rank + 1) * n // world_size)
-
-
 def _progress(iterable, enabled: bool, **kwargs):
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
 
     return tqdm(iterable, **kwargs)
-
-
-@dataclass
-class _Distributed:
-    """This process's place in a (possibly single-process) training job."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls, device_name: str) -> "_Distributed":
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), False)
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size <= 1:
-            return cls()
-        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
-        try:
-            device_type = resolve_device(device_name, local_rank).type
-            backend = distributed_backend(device_type)  # refuses MPS with a clear message
-        except ValueError as err:
-            raise TrainingError(str(err)) from err
-        if device_type == "cuda":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
-        return cls(rank, world_size, local_rank, True)
-
-    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            import torch.distributed as dist
-
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
-
-    def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------------- data
@@ -388,113 +342,12 @@ def encode_latents(vae: nn.Module, images: torch.Tensor, device: torch.device, b
 
     z_0 = s * mu(x): the posterior mode, not a sample, so the cache is deterministic.
     """
-    scale = float(vae.config.scale_factor)
     chunks = []
     starts = range(0, images.shape[0], batch_size)
     for start in _progress(starts, progress, desc="encoding latents", unit="batch", leave=False):
         x = to_model_space(images[start : start + batch_size]).to(device)
-        # z_0 = s * mode(q(z | x))
-        chunks.append(scale * vae.encode(x).mode().float())
+        chunks.append(vae.encode_latents(x).float())  # z_0 = s * mu(x)
     return torch.cat(chunks)
-
-
-def prompt_table(denoiser: Denoiser, class_names: tuple[str, ...], device: torch.device) -> torch.Tensor:
-    """Every training prompt tokenised once: (C * K + 1, L).
-
-    Row ``class * K + template`` is ``PROMPT_TEMPLATES[template]`` filled with the class
-    name (K templates); the last row is the empty prompt of classifier-free guidance.
-    """
-    prompts = [template.format(name) for name in class_names for template in PROMPT_TEMPLATES]
-    return denoiser.encode_prompts(prompts + [""]).to(device)
-
-
-# ---------------------------------------------------------------------------- training state
-def state_tensors(model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                   device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Flatten everything ``--resume`` needs into ``{name: tensor}`` plus JSON-able scalars."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update({f"ema.{k}": v for k, v in ema.shadow.state_dict().items()})
-    scalars: dict[str, Any] = {}
-    # optimizer.state_dict() = {"state": {param index: {"step": t, "exp_avg": t, ...}}, "param_groups": [...]};
-    # the param groups are rebuilt from the config, so only the per-parameter state is stored
-    for index, per_param in optimizer.state_dict()["state"].items():
-        for key, value in per_param.items():
-            if torch.is_tensor(value):
-                tensors[f"optimizer.{index}.{key}"] = value
-            else:
-                scalars[f"{index}.{key}"] = value
-    tensors["rng.generator"] = generator.get_state()
-    tensors["rng.torch_cpu"] = torch.get_rng_state()
-    if device.type == "cuda":
-        tensors["rng.torch_cuda"] = torch.cuda.get_rng_state(device)
-    elif device.type == "mps":
-        tensors["rng.torch_mps"] = torch.mps.get_rng_state()
-    return tensors, scalars
-
-
-def restore_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: nn.Module, ema: EMA,
-                   optimizer: torch.optim.Optimizer, generator: torch.Generator, device: torch.device,
-                   source: Path) -> None:
-    """Put the state written by :func:`state_tensors` back into freshly built objects.
-
-    The optimizer's hyper-parameters come from the current config (only the moments
-    and step counts are loaded), so a resumed run may change e.g. the learning rate.
-    """
-
-    def part(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-    load_into(model, part("model."), source)
-    load_into(ema.shadow, part("ema."), source)
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in part("optimizer.").items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    for key, value in meta.get("optimizer_scalars", {}).items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    current = optimizer.state_dict()
-    if state and set(state) != set(range(sum(len(g["params"]) for g in current["param_groups"]))):
-        raise CheckpointError(f"{source}: the optimizer state does not fit the model. Start a fresh run.")
-    current["state"] = state
-    optimizer.load_state_dict(current)
-    torch.set_rng_state(tensors["rng.torch_cpu"])
-    if meta.get("device_type", "cpu") == device.type:
-        generator.set_state(tensors["rng.generator"])
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.torch_cuda"], device)
-        elif device.type == "mps" and "rng.torch_mps" in tensors:
-            torch.mps.set_rng_state(tensors["rng.torch_mps"])
-    else:
-        # a CPU generator's state means nothing to a CUDA generator (and back): start a new stream
-        generator.manual_seed(int(meta["train_config"]["seed"]) + int(meta["epoch"]))
-        print(f"note: the run was saved on {meta.get('device_type')} and resumes on {device.type}; training "
-              "goes on correctly but draws different random numbers than it would have on the same device.")
-
-
-def _config_differences(saved: Any, new: Any, prefix: str = "") -> list[str]:
-    """Readable ``key: saved -> new`` lines for two nested config dicts."""
-    if isinstance(saved, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(saved) | set(new)):
-            out += _config_differences(saved.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
-        return out
-    return [] if saved == new else [f"{prefix.rstrip('.')}: {saved!r} -> {new!r}"]
-
-
-def _copy_component(src: Path, dst: Path, name: str) -> None:
-    """Copy NAME.safetensors + NAME.json byte for byte (checked, and saved as one unit with SHA256SUMS).
-
-    The run's folder carries its own autoencoder, so ``Pipeline.from_pretrained(out_dir)``
-    needs nothing else, and the copy keeps the SHA-256 the run recorded.
-    """
-    load_component(src, name)  # verifies the source against its SHA256SUMS
-    commit_files(dst, {file: (src / file).read_bytes() for file in (f"{name}.safetensors", f"{name}.json")})
-
-
-def _log_bytes(history: list[dict]) -> bytes:
-    """``train_log.jsonl``: one JSON line per complete epoch."""
-    return "".join(json.dumps(h, sort_keys=True) + "\n" for h in history).encode()
 
 
 # -------------------------------------------------------------------------------- training
@@ -511,12 +364,37 @@ def train(config: TrainConfig) -> list[dict[str, Any]]:
     threads = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
-    dist = _Distributed.from_env(config.device)
+    try:
+        dist = Distributed.from_env(config.device)
+    except DistributedError as err:
+        raise TrainingError(str(err)) from err
     try:
         return Trainer(config, dist).fit()
     finally:
         dist.close()
         torch.set_num_threads(threads)
+
+
+def denoising_loss(model: nn.Module, schedule: NoiseSchedule, z0: torch.Tensor, t: torch.Tensor,
+                   noise: torch.Tensor, prompts: torch.Tensor, rows: torch.Tensor,
+                   prediction_type: str = "epsilon") -> torch.Tensor:
+    """The latent-diffusion training objective, per example: || target - f_theta(z_t, t, c) ||^2.
+
+    :param model: the denoiser ``f_theta(z_t, t, prompts, rows)``
+    :param z0: clean latents (b, C, h, w); :param t: their timesteps (b,); :param noise: eps ~ N(0, I) (b, C, h, w)
+    :param prompts: the prompt table (P, L) of token ids; :param rows: each example's prompt, a row of it (b,)
+    :returns: (b,) the squared error of each example, averaged over the latent's elements
+    """
+    # 1. z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps
+    z_t = schedule.add_noise(z0, noise, t)
+    # 2. target = eps, or v = sqrt(abar_t) eps - sqrt(1 - abar_t) z_0
+    target = schedule.training_target(z0, noise, t, prediction_type)
+    reduced = autocast_dtype(z0.device)  # bfloat16 on CUDA, None (float32) on the CPU and MPS
+    with torch.autocast(z0.device.type, dtype=reduced) if reduced else contextlib.nullcontext():
+        # 3. f_theta(z_t, t, c); the prompt encoder runs once per distinct prompt (the table's rows)
+        prediction = model(z_t, t, prompts, rows)
+    # 4. || target - f_theta(z_t, t, c) ||^2, averaged over the latent's elements
+    return (prediction.float() - target).pow(2).flatten(1).mean(dim=1)
 
 
 class Trainer:
@@ -526,9 +404,9 @@ class Trainer:
     the heart of it (the numbered steps of the module docstring).
     """
 
-    def __init__(self, config: TrainConfig, dist: _Distributed | None = None):
+    def __init__(self, config: TrainConfig, dist: Distributed | None = None):
         self.config = config
-        self.dist = dist or _Distributed()
+        self.dist = dist or Distributed()
         self.out_dir, self.vae_dir = Path(config.out_dir), Path(config.vae_dir)
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise TrainingError(f"--out {self.out_dir} is a file, not a folder; choose a folder for the run")
@@ -566,7 +444,7 @@ class Trainer:
         # one generator for every random draw of training, so a resumed run draws the same numbers
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.schedule = NoiseSchedule.from_dict(self.model_config.schedule)
-        self.prompts = prompt_table(self.model, self.class_names, self.device)  # (C * K + 1, L)
+        self.prompts = prompt_table(self.model.tokenizer, self.class_names).to(self.device)  # (C * K + 1, L)
         self.epoch, self.step = 0, 0
         self.saved_epoch = 0  # the last epoch whose files are all written
         self.history: list[dict[str, Any]] = []
@@ -651,7 +529,7 @@ class Trainer:
             model_config = build_denoiser_config(config)
         elif config.has_model_options():
             model_config = build_denoiser_config(config)
-            diff = _config_differences(saved[1]["denoiser_config"], model_config.to_dict())
+            diff = config_differences(saved[1]["denoiser_config"], model_config.to_dict())
             if diff:
                 raise TrainingError(
                     f"cannot resume the run in {self.out_dir} with a different model. The saved model differs in: "
@@ -677,7 +555,7 @@ class Trainer:
         # model options were checked already; these others do not change the training itself
         ignore = ("epochs", "resume", "out_dir", "vae_dir", "overwrite", "progress", "num_threads", "compile",
                   "channels_last", *MODEL_OPTIONS)
-        changed = _config_differences(
+        changed = config_differences(
             {k: v for k, v in meta["train_config"].items() if k not in ignore},
             {k: v for k, v in self.config.to_dict().items() if k not in ignore},
         )
@@ -696,8 +574,8 @@ class Trainer:
             before clipping (a scalar); both detached, left on the device
         """
         g, device, n = self.generator, self.device, indices.numel()
-        # every rank draws the randomness of the whole global batch, then keeps its slice
-        # 2. t ~ U{0, ..., T-1},  eps ~ N(0, I)
+        # 1. t ~ U{0, ..., T-1}, eps ~ N(0, I), a prompt template and the dropout coin: every rank draws them for
+        #    the whole global batch, then keeps its slice (so the run does not depend on the number of ranks)
         t = torch.randint(0, self.schedule.num_train_timesteps, (n,), generator=g, device=device)
         noise = torch.randn((n, *self.latents.shape[1:]), generator=g, device=device)
         template = torch.randint(0, len(PROMPT_TEMPLATES), (n,), generator=g, device=device)
@@ -705,25 +583,18 @@ class Trainer:
         mine = shard(n, self.dist.rank, self.dist.world_size)
         indices, t, noise, template, drop = indices[mine], t[mine], noise[mine], template[mine], drop[mine]
 
-        # 1. the batch: cached latents z_0 and their prompts, e.g. "a photo of a bag", as rows of the table
+        # 2. the batch: cached latents z_0 and their prompts, e.g. "a photo of a bag", as rows of the table
         z0 = self.latents[indices]
         prompt = self.labels[indices] * len(PROMPT_TEMPLATES) + template
-        # 4. classifier-free guidance training: c <- "" (the table's last row) with probability p_drop
+        # 3. classifier-free guidance training: c <- "" (the table's last row) with probability p_drop
         prompt = torch.where(drop, len(self.prompts) - 1, prompt)
-        # 3. z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps
-        z_t = self.schedule.add_noise(z0, noise, t)
-        # 5. target = eps, or v = sqrt(abar_t) eps - sqrt(1 - abar_t) z_0
-        target = self.schedule.training_target(z0, noise, t, self.model_config.prediction_type)
-        reduced = autocast_dtype(device)  # bfloat16 on CUDA, None (float32) on the CPU and MPS
-        with torch.autocast(device.type, dtype=reduced) if reduced else contextlib.nullcontext():
-            # the prompt encoder runs once per distinct prompt (31 rows), not once per example
-            prediction = self.train_model(z_t, t, self.prompts, prompt)
-        # per example: || target - f_theta(z_t, t, c) ||^2, averaged over the latent's elements
-        per_example = (prediction.float() - target).pow(2).flatten(1).mean(dim=1)
+        # 4. the denoising loss of each example
+        per_example = denoising_loss(self.train_model, self.schedule, z0, t, noise, self.prompts, prompt,
+                                     self.model_config.prediction_type)
         # L = mean over the GLOBAL batch; DDP averages the ranks' gradients, hence * world_size
         loss = per_example.sum() * (self.dist.world_size / n)
 
-        # 6. AdamW step on the clipped gradient, with this step's learning rate
+        # 5. AdamW step on the clipped gradient, with this step's learning rate
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step, self.total_steps)
         self.optimizer.zero_grad(set_to_none=True)
@@ -731,7 +602,7 @@ class Trainer:
         clip = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
         self.optimizer.step()
-        # 7. theta_ema <- d theta_ema + (1 - d) theta
+        # 6. theta_ema <- d theta_ema + (1 - d) theta
         self.ema.update(self.model, self.step)
         self.step += 1
         return per_example.detach(), grad_norm.detach()
@@ -790,7 +661,7 @@ class Trainer:
         if self.dist.is_main and not self.config.resume:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.vae_dir.resolve() != self.out_dir.resolve():
-                _copy_component(self.vae_dir, self.out_dir, VAE)
+                copy_component(self.vae_dir, self.out_dir, VAE)
         try:
             while self.epoch < self.config.epochs:
                 metrics = self.train_epoch()
@@ -846,7 +717,7 @@ class Trainer:
         denoiser_json = {**model_config, AUTOENCODER_SHA256: self.vae_sha}
         files = {}
         if self.epoch in self.config.snapshot_epochs:
-            name = f"{DENOISER}_epoch{self.epoch:03d}"
+            name = snapshot_name(self.epoch)
             files.update(component_files(name, self.ema.shadow, denoiser_json, dtype=torch.float16))
         files.update(component_files(DENOISER, self.ema.shadow, denoiser_json))
         tensors, scalars = state_tensors(self.model, self.ema, self.optimizer, self.generator, self.device)
@@ -863,7 +734,7 @@ class Trainer:
             "torch_version": torch.__version__,
         }
         files.update(component_files(STATE, tensors, meta))
-        files[LOG_FILE] = _log_bytes(self.history)
+        files[LOG_FILE] = log_bytes(self.history)
         try:
             commit_files(out, files, unlisted=(LOG_FILE,))
         except OSError as err:
@@ -885,149 +756,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) 
                              foreach=None if fused else True)
 
 
-# ----------------------------------------------------------------------------- command line
-def _parse_value(text: str) -> Any:
-    """``32`` -> 32, ``true`` -> True, ``1,2,2`` -> [1, 2, 2], ``[1, 2]`` -> [1, 2], else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        if "," in text:
-            return [_parse_value(part) for part in text.split(",") if part]
-        return text
+if __name__ == "__main__":  # python -m diffusion_lib.train ... is python -m diffusion_lib train ...
+    from .train_cli import main
 
-
-def _key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise TrainingError(f"{flag} expects KEY=VALUE (e.g. {flag} base_channels=32), got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = _parse_value(value)
-    return out
-
-
-# the settings that shape a run; on the command line, --resume takes each one that is not given from the
-# saved run (so that "--out RUN --epochs 100 --resume" continues RUN exactly as it was started)
-RUN_SETTINGS = ("batch_size", "lr", "weight_decay", "warmup_steps", "lr_schedule", "ema_decay", "grad_clip",
-                "cond_drop_prob", "seed", "limit", "dataset", "snapshot_epochs")
-
-
-def saved_run_settings(out_dir: Path | str) -> dict[str, Any]:
-    """The :data:`RUN_SETTINGS` of the run saved in ``out_dir`` ({} when there is none to read)."""
-    meta_file = Path(out_dir) / f"{STATE}.json"
-    try:
-        saved = json.loads(meta_file.read_text())["train_config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}  # the trainer says what is wrong with the run folder
-    return {name: saved[name] for name in RUN_SETTINGS if name in saved}
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of ``python -m diffusion_lib train`` to ``parser``.
-
-    The options of :data:`RUN_SETTINGS` default to None here: "not given", filled in by
-    :func:`config_from_args` from the saved run (``--resume``) or from :class:`TrainConfig`.
-    """
-    d = TrainConfig(out_dir="", epochs=1)
-    p = parser
-    p.add_argument("--out", required=True, help="folder for checkpoints and train_log.jsonl")
-    p.add_argument("--epochs", type=int, required=True, help="train until this many epochs are complete")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out after its last complete epoch")
-    p.add_argument("--overwrite", action="store_true", help="start over even if --out holds a trained run")
-    p.add_argument("--batch-size", type=int, help=f"images per step, all processes together ({d.batch_size})")
-    p.add_argument("--lr", type=float, help=f"peak learning rate of AdamW ({d.lr})")
-    p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay ({d.weight_decay})")
-    p.add_argument("--warmup-steps", type=int, help=f"linear learning-rate warm-up steps ({d.warmup_steps})")
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), help=f"after the warm-up ({d.lr_schedule})")
-    p.add_argument("--ema-decay", type=float, help=f"EMA decay of the weights ({d.ema_decay})")
-    p.add_argument("--grad-clip", type=float, help=f"max gradient norm, 0 = off ({d.grad_clip})")
-    p.add_argument("--cond-drop-prob", type=float,
-                   help=f"probability of training with the empty prompt, for guidance ({d.cond_drop_prob})")
-    p.add_argument("--seed", type=int, help=f"seed of the weights and of every random draw ({d.seed})")
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    p.add_argument("--vae-dir", default=d.vae_dir,
-                   help="folder with the frozen autoencoder (vae.safetensors); --resume uses the run's own copy")
-    p.add_argument("--limit", type=int, help="use only the first N training images (all)")
-    p.add_argument("--dataset", choices=DATASETS, help=f"({d.dataset})")
-    p.add_argument("--prediction-type", choices=PREDICTION_TYPES, default=None,
-                   help="what the model predicts (default: the model config's, epsilon)")
-    p.add_argument("--schedule", default=None, help="noise schedule: scaled_linear, linear, cosine, sigmoid")
-    p.add_argument("--zero-terminal-snr", action="store_true", default=None,
-                   help="rescale the schedule to zero terminal SNR (use with --prediction-type v_prediction)")
-    p.add_argument("--denoiser-config", default=None, help="JSON file with a full denoiser config")
-    p.add_argument("--unet", action="append", metavar="KEY=VALUE", help="U-Net setting, e.g. --unet base_channels=32")
-    p.add_argument("--prompt", action="append", metavar="KEY=VALUE", help="prompt encoder setting, e.g. layers=1")
-    p.add_argument("--snapshot-epochs",
-                   help=f"comma-separated epochs that keep an fp16 snapshot, '' for none "
-                        f"({','.join(map(str, d.snapshot_epochs))})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--num-threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory order (default: on the CPU only)")
-    p.epilog = ("With --resume, every training setting that is not given (learning rate and its schedule, "
-                "seed, batch size, ...) is the saved run's, and the saved model is used.")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` for parsed ``add_train_arguments`` options."""
-    denoiser = None
-    if args.denoiser_config:
-        path = Path(args.denoiser_config)
-        if not path.is_file():
-            raise TrainingError(f"--denoiser-config {path}: no such file")
-        try:
-            denoiser = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise TrainingError(f"--denoiser-config {path} cannot be read as JSON ({err})") from err
-        if not isinstance(denoiser, dict):
-            raise TrainingError(f"--denoiser-config {path} must hold a JSON object of settings")
-        denoiser.pop(AUTOENCODER_SHA256, None)  # a checkpoint's denoiser.json works as a config too
-    given = {name: getattr(args, name) for name in RUN_SETTINGS if getattr(args, name) is not None}
-    if "snapshot_epochs" in given:
-        given["snapshot_epochs"] = tuple(int(e) for e in str(given["snapshot_epochs"]).split(",") if e.strip())
-    defaults = {name: getattr(TrainConfig(out_dir=args.out, epochs=args.epochs), name) for name in RUN_SETTINGS}
-    # given > the saved run's (when resuming) > the defaults
-    settings = {**defaults, **(saved_run_settings(args.out) if args.resume else {}), **given}
-    return TrainConfig(
-        out_dir=args.out,
-        epochs=args.epochs,
-        **settings,
-        device=args.device,
-        vae_dir=args.vae_dir,
-        prediction_type=args.prediction_type,
-        schedule=args.schedule,
-        rescale_zero_terminal_snr=args.zero_terminal_snr,
-        denoiser=denoiser,
-        unet=_key_values(args.unet, "--unet"),
-        prompt=_key_values(args.prompt, "--prompt"),
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        num_threads=args.num_threads,
-        compile=args.compile,
-        channels_last=args.channels_last,
-    )
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run ``train`` for parsed options; the exit code: 0 done, 1 error, 130 interrupted (Ctrl-C)."""
-    try:
-        train(config_from_args(args))
-    except KeyboardInterrupt:
-        return 130
-    except (TrainingError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diffusion_lib.train", description=__doc__.split("\n\n")[0])
-    add_train_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from diffusion_lib.bench import diffusers_peer, run_bench
+from diffusion_lib.bench import cpu_peak_gflops, diffusers_peer, format_rows, run_bench
 from diffusion_lib.denoiser import Denoiser, default_denoiser_config
 
 
@@ -21,8 +21,14 @@ def test_peer_has_the_same_shape_as_ours():
 
 def test_tiny_bench_runs_every_measurement():
     pytest.importorskip("diffusers")
-    rows = run_bench("cpu", vs_diffusers=True, tiny=True, options=True)
+    rows, comparison = run_bench("cpu", vs_diffusers=True, tiny=True, options=True)
     names = [r.name for r in rows]
+    # the two training steps timed interleaved: one time per round for each, the ratio per round
+    assert len(comparison.ours_s) == len(comparison.peer_s) == 2 and all(r > 0 for r in comparison.ratios)
+    table = format_rows(rows, comparison, "cpu")
+    assert "interleaved rounds" in table and "x median, range" in table
+    if cpu_peak_gflops() is not None:  # AVX2 with FMA, or AVX-512
+        assert "of the CPU's estimated peak" in table
     assert names[0] == "denoiser training (ours)" and "diffusers" in names[1]
     # each CPU option alone and all together, against none of them (x1.00 by definition)
     options = [n for n in names if n.strip().startswith("options:")]

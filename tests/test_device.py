@@ -11,7 +11,8 @@ import torch
 
 from coursekit import params
 from diffusion_lib import device as D
-from diffusion_lib.train import TrainConfig, TrainingError, _Distributed, make_optimizer
+from diffusion_lib.distributed import Distributed, DistributedError
+from diffusion_lib.train import TrainConfig, make_optimizer
 
 
 @pytest.fixture
@@ -82,5 +83,5 @@ def test_multi_process_training_on_a_mac_is_refused(gpus, monkeypatch):
     gpus(cuda=0, mps=True)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(TrainingError, match="one process"):
-        _Distributed.from_env("auto")
+    with pytest.raises(DistributedError, match="one process"):
+        Distributed.from_env("auto")

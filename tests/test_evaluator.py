@@ -8,15 +8,9 @@ import pytest
 import torch
 
 from diffusion_lib.data import load_split, to_model_space
-from diffusion_lib.evaluator import (
-    ClassifierConfig,
-    Evaluator,
-    FashionClassifier,
-    augment,
-    load_classifier,
-    predict,
-    train_classifier,
-)
+from diffusion_lib.classifier import ClassifierConfig, FashionClassifier, load_classifier, predict
+from diffusion_lib.evaluator import Evaluator
+from diffusion_lib.train_classifier import augment, train_classifier
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints"
 
@@ -53,6 +47,12 @@ def test_augment_keeps_shape_and_only_shifts_or_flips():
     assert y.shape == x.shape
     # a shift by <= 2 pixels inside the 2-pixel background border keeps every garment pixel
     assert torch.allclose(y.sum(dim=(1, 2, 3)), x.sum(dim=(1, 2, 3)))
+    assert not torch.equal(y, x), "nothing was shifted"
+    # flips alone: every image is itself or its mirror image, and both happen
+    z = augment(x, gen, max_shift=0, flip=True)
+    same = (z == x).flatten(1).all(1)
+    mirrored = (z == x.flip(-1)).flatten(1).all(1)
+    assert bool((same | mirrored).all()) and bool((~same & mirrored).any()) and bool((same & ~mirrored).any())
 
 
 def test_quick_training_writes_files_that_load_back(tmp_path):

@@ -153,14 +153,6 @@ def test_bad_submissions_are_reported_and_contained(course):
     # the escape attempts: nothing read, nothing written, nobody else's results changed
     esc = by["escape"]
     assert esc.status == "ok", esc
-    if box.isolated:
-        assert not esc.values["read_course_notebook"] and not esc.values["read_reference"]
-        for key in targets["write"]:
-            assert esc.values[f"wrote_{key}"] is False, key
-        assert not (ROOT / "checkpoints" / "pwned.txt").exists()
-        assert not (subs.parent / "pwned.txt").exists()
-        assert (subs / "good" / NAME).read_bytes() == good_nb_before
-        assert json.loads((out / "good" / "results_09.json").read_text())["values"]["answer"] == 42.0
 
     # the report: first line says whether a sandbox ran; one CSV row per student and notebook
     assert (out / "report.txt").read_text().splitlines()[0] == box.description
@@ -168,6 +160,17 @@ def test_bad_submissions_are_reported_and_contained(course):
     rows = list(csv.DictReader((out / "grades.csv").open()))
     assert len(rows) == 8 and {r["student"] for r in rows} == set(by)
     assert next(r for r in rows if r["student"] == "raises")["error_cell"] == "2"
+
+    # the escape attempts need the sandbox to fail: without one, say so rather than pass
+    if not box.isolated:
+        pytest.skip(f"no sandbox here, so the containment of the escape attempts was not checked: {box.description}")
+    assert not esc.values["read_course_notebook"] and not esc.values["read_reference"]
+    for key in targets["write"]:
+        assert esc.values[f"wrote_{key}"] is False, key
+    assert not (ROOT / "checkpoints" / "pwned.txt").exists()
+    assert not (subs.parent / "pwned.txt").exists()
+    assert (subs / "good" / NAME).read_bytes() == good_nb_before
+    assert json.loads((out / "good" / "results_09.json").read_text())["values"]["answer"] == 42.0
 
 
 def test_sandbox_is_available_here():

@@ -7,14 +7,15 @@ from diffusion_lib.autoencoder import AutoencoderConfig, AutoencoderKL
 from diffusion_lib.checkpoint import CheckpointError, save_component
 from diffusion_lib.denoiser import Denoiser, default_denoiser_config, save_denoiser
 from diffusion_lib.pipeline import Pipeline
+from helpers import randomize_zero_inits
 
 
 @pytest.fixture(scope="module")
 def pipe():
     torch.manual_seed(0)
-    denoiser = Denoiser(default_denoiser_config())
-    # a fresh U-Net outputs exactly 0 (zero-initialised last layer): randomise it so prompts matter
-    torch.nn.init.normal_(denoiser.unet.conv_out.weight, std=0.05)
+    # a fresh U-Net zeroes its last layers (output 0, blocks the identity): give them values so that t, the
+    # prompt and guidance all change the output
+    denoiser = randomize_zero_inits(Denoiser(default_denoiser_config()))
     return Pipeline(AutoencoderKL(AutoencoderConfig()), denoiser, "cpu")
 
 
@@ -31,8 +32,9 @@ def test_seed_reproduces_and_batching_does_not_change_results(pipe):
     a = pipe("coat", **kw)
     b = pipe("coat", **kw)
     assert torch.equal(a.images, b.images)
-    c = pipe("coat", batch_size=4, **kw)
-    assert torch.equal(a.latents, c.latents)
+    c = pipe("coat", batch_size=3, **kw)  # two chunks, 3 + 1 images: the same noise, other batch shapes
+    # equal up to the float rounding of kernels on other batch sizes (measured 1.1e-4 after 3 steps)
+    torch.testing.assert_close(c.latents, a.latents, rtol=0, atol=5e-4)
 
 
 def test_guidance_one_ignores_the_unconditional_branch(pipe):

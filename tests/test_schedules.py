@@ -112,7 +112,8 @@ def test_prediction_conversions_round_trip(prediction_type):
 
 
 def test_velocity_definition():
-    # v = sqrt(abar) eps - sqrt(1 - abar) x0, and |v|^2 + ... : for unit x0, eps orthogonal, |v| = 1
+    # v = sqrt(abar) eps - sqrt(1 - abar) x0, so |v|^2 = abar |eps|^2 + (1 - abar) |x0|^2 - 2 sqrt(abar (1 - abar))
+    # <eps, x0>: for unit x0 and eps orthogonal to it, |v| = 1
     s = NoiseSchedule("linear")
     t = torch.tensor([500])
     abar = s.alphas_cumprod[500].item()

@@ -99,7 +99,7 @@ def test_every_shape_is_recognised_and_the_rest_reported(tmp_path):
     S.collect(subs, COURSE, tmp_path / "out" / ".submissions")
     foreign = tmp_path / "mine"
     write(foreign / "keep.txt", "my work")
-    with pytest.raises(SystemExit, match="not written by grade"):
+    with pytest.raises(ValueError, match="not written by grade"):
         S.collect(subs, COURSE, foreign)
     assert (foreign / "keep.txt").read_text() == "my work"
 

@@ -20,21 +20,13 @@ import torch
 from safetensors.torch import load_file
 
 from diffusion_lib import train as train_module
+from diffusion_lib import train_cli
 from diffusion_lib.autoencoder import AutoencoderConfig, AutoencoderKL, load_autoencoder
 from diffusion_lib.checkpoint import load_component, read_checksums, save_component, verify_file
 from diffusion_lib.denoiser import Denoiser, load_denoiser
-from diffusion_lib.train import (
-    EMA,
-    TrainConfig,
-    TrainingError,
-    add_train_arguments,
-    build_denoiser_config,
-    config_from_args,
-    learning_rate,
-    shard,
-    steps_per_epoch,
-    train,
-)
+from diffusion_lib.distributed import shard
+from diffusion_lib.train import EMA, TrainConfig, TrainingError, build_denoiser_config, learning_rate, steps_per_epoch, train
+from diffusion_lib.train_cli import add_train_arguments, config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_UNET = {"base_channels": 8, "channel_mult": [1, 2], "attention_levels": [1], "num_heads": 2, "norm_groups": 4, "ff_mult": 1, "dropout": 0.1}
@@ -168,7 +160,7 @@ def test_resume_on_the_command_line_keeps_the_saved_settings(tmp_path):
     (tmp_path / "train_state.json").write_text(json.dumps({"train_config": started.to_dict()}))
 
     resumed = config_from_args(parser.parse_args(["--out", str(tmp_path), "--epochs", "100", "--resume"]))
-    for name in train_module.RUN_SETTINGS:
+    for name in train_cli.RUN_SETTINGS:
         assert getattr(resumed, name) == getattr(started, name), name
     changed = config_from_args(parser.parse_args(
         ["--out", str(tmp_path), "--epochs", "120", "--resume", "--lr", "1e-4", "--snapshot-epochs", ""]))
@@ -216,14 +208,14 @@ def test_channels_last_trains_the_same_model(one_epoch, vae_dir, tmp_path):
 
 def test_cli_exit_codes(tmp_path, monkeypatch, capsys):
     # nothing to resume: exit code 1 and a message that says how to start
-    code = train_module.main(["--out", str(tmp_path / "empty"), "--epochs", "1", "--resume"])
+    code = train_cli.main(["--out", str(tmp_path / "empty"), "--epochs", "1", "--resume"])
     assert code == 1 and "leaving out --resume" in capsys.readouterr().err
 
     def interrupted(config):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "train", interrupted)
-    assert train_module.main(["--out", str(tmp_path / "x"), "--epochs", "1"]) == 130
+    monkeypatch.setattr(train_cli, "train", interrupted)
+    assert train_cli.main(["--out", str(tmp_path / "x"), "--epochs", "1"]) == 130
 
 
 # --------------------------------------------------------------------------------- full runs

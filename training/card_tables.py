@@ -85,12 +85,12 @@ def ladders(metrics: Path) -> dict[float, dict[int, dict]]:
     A rung's epoch is read off the snapshot its file measured (``"denoiser": "denoiser_epoch010"``);
     the card's guidance 3 comes first.
     """
-    from coursekit.runs import RUNG  # the snapshot names the trainer writes: denoiser_epochEEE
+    from diffusion_lib.train import SNAPSHOT_PATTERN  # the snapshot names the trainer writes: denoiser_epochEEE
 
     found: dict[float, dict[int, dict]] = {}
     for path in metrics.glob("ladder_*.json"):
         measured = json.loads(path.read_text())
-        rung = RUNG.match(measured["denoiser"])
+        rung = SNAPSHOT_PATTERN.match(measured["denoiser"])
         if rung is None:
             sys.exit(f"{path} measured {measured['denoiser']!r}, not a ladder snapshot (denoiser_epochEEE); "
                      "measure the rung again with training/ship_run.sh")
