@@ -23,7 +23,8 @@ import torch
 
 from diffusion_lib.checkpoint import CheckpointError, load_component, load_into, sha256_file
 from diffusion_lib.denoiser import Denoiser, DenoiserConfig
-from diffusion_lib.train import DENOISER, LOG_FILE, SNAPSHOT_PATTERN, STATE, VAE, TrainConfig, train
+from diffusion_lib.train import TrainConfig, train
+from diffusion_lib.train_state import DENOISER, LOG_FILE, SNAPSHOT_PATTERN, STATE, VAE
 
 # settings that change where or how fast a run is made, not the weights it ends with
 NOT_COMPARED = ("out_dir", "vae_dir", "epochs", "resume", "overwrite", "progress", "num_threads", "device", "compile")

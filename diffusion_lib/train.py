@@ -65,20 +65,18 @@ for the whole batch and keeps its slice, so K processes follow the same
 trajectory as one process, up to floating-point rounding (and dropout-layer masks,
 which each rank draws itself). Only rank 0 writes files and shows progress bars.
 
-Beside this file: ``train_state.py`` (the resumable state), ``distributed.py`` (the process
-group and each rank's slice), ``train_cli.py`` (the command line).
+Beside this file: ``train_config.py`` (the run's settings and the model they describe),
+``train_state.py`` (the files of a run and how ``--resume`` reads them back), ``distributed.py``
+(the process group and each rank's slice), ``train_cli.py`` (the command line).
 """
 
 from __future__ import annotations
 
 import copy
 import contextlib
-import dataclasses
 import math
-import re
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,195 +84,17 @@ import torch
 import torch.nn as nn
 
 from .autoencoder import load_autoencoder
-from .checkpoint import (
-    commit_files,
-    component_files,
-    load_component,
-    recover,
-    sha256_file,
-)
-from .checks import MAX_SEED, config_from_dict
-from .data import DATASETS, FASHION_MNIST_CLASSES, MNIST_CLASSES, load_split, to_model_space
-from .denoiser import AUTOENCODER_SHA256, Denoiser, DenoiserConfig, default_denoiser_config
+from .checkpoint import recover, sha256_file
+from .data import load_split, to_model_space
+from .denoiser import Denoiser, DenoiserConfig
 from .device import (accumulator_dtype, autocast_dtype, default_channels_last, fused_optimizer,
                      resolve_device, synchronize)
 from .distributed import Distributed, DistributedError, shard
-from .schedules import NoiseSchedule, resolve_schedule_name
-from .train_state import config_differences, copy_component, log_bytes, restore_state, state_tensors
+from .schedules import NoiseSchedule
+from .train_config import CLASS_NAMES, TrainConfig, build_denoiser_config
+from .train_state import (VAE, TrainingError, config_differences, copy_component, read_saved_run,
+                          refuse_to_replace, resume_into, run_autoencoder, save_epoch)
 from .text_encoder import PROMPT_TEMPLATES, Tokenizer, prompt_table
-
-STATE = "train_state"  # component name of the resumable training state
-DENOISER = "denoiser"  # component name of the EMA weights the pipeline loads
-# the fp16 EMA snapshots of the ladder: snapshot_name(5) == "denoiser_epoch005", parsed by SNAPSHOT_PATTERN
-SNAPSHOT_PATTERN = re.compile(rf"^{DENOISER}_epoch(\d+)$")
-
-
-def snapshot_name(epoch: int) -> str:
-    """The component name of the EMA snapshot kept after ``epoch`` epochs (one rung of the ladder)."""
-    return f"{DENOISER}_epoch{epoch:03d}"
-
-
-VAE = "vae"
-LOG_FILE = "train_log.jsonl"
-STATE_FORMAT = 1
-# what train_state.json must hold for --resume
-STATE_KEYS = ("epoch", "step", "denoiser_config", "train_config", "vae_sha256", "history")
-CLASS_NAMES = {"fashion-mnist": FASHION_MNIST_CLASSES, "mnist": MNIST_CLASSES}
-MODEL_OPTIONS = ("denoiser", "unet", "prompt", "prediction_type", "schedule", "rescale_zero_terminal_snr")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot start or go on (bad settings, nothing to resume, a non-finite loss, ...)."""
-
-
-# ----------------------------------------------------------------------------- configuration
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (stored in ``train_state.json``).
-
-    :param out_dir: folder for checkpoints and the log (created if needed)
-    :param epochs: train until this many epochs are complete (also when resuming)
-    :param batch_size: images per optimizer step, summed over all processes
-    :param lr: peak AdamW learning rate, reached after ``warmup_steps``
-    :param weight_decay: AdamW decoupled weight decay, applied to weight matrices and
-        conv kernels only (not to biases and normalisation scales)
-    :param warmup_steps: optimizer steps of linear learning-rate warm-up
-    :param lr_schedule: ``"constant"`` after warm-up, or ``"cosine"`` decay to 0 at ``epochs``
-    :param ema_decay: d in theta_ema <- d theta_ema + (1 - d) theta (warmed up, see :class:`EMA`)
-    :param grad_clip: clip the global gradient norm to this value (0 = no clipping)
-    :param cond_drop_prob: probability of replacing a prompt by "" (classifier-free guidance)
-    :param seed: seeds the weights' initialisation and every random draw of training
-    :param device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` ...)
-    :param vae_dir: folder holding the frozen autoencoder (``vae.safetensors`` + ``vae.json``); it is
-        copied into ``out_dir``, and a resumed run uses that copy
-    :param limit: train on the first ``limit`` training images only (quick runs); None = all
-    :param dataset: ``"fashion-mnist"`` or ``"mnist"``
-    :param prediction_type: ``"epsilon"`` or ``"v_prediction"``; None keeps the model config's
-    :param schedule: noise schedule name (``"scaled_linear"``, ``"cosine"``, ...); None keeps the model config's
-    :param rescale_zero_terminal_snr: None keeps the model config's; True pairs with v-prediction
-    :param denoiser: a full ``DenoiserConfig.to_dict()``; None = ``default_denoiser_config()``
-    :param unet: overrides of ``UNetConfig`` fields, e.g. ``{"base_channels": 32}``
-    :param prompt: overrides of ``PromptEncoderConfig`` fields, e.g. ``{"layers": 1}``
-    :param snapshot_epochs: epochs after which fp16 EMA snapshots are kept
-    :param resume: continue the run saved in ``out_dir``
-    :param overwrite: allow a fresh run to replace a run already saved in ``out_dir``
-    :param progress: show tqdm progress bars
-    :param num_threads: CPU threads while training (restored afterwards); None leaves torch's setting.
-        On a busy machine fewer threads can be much faster: idle-waiting threads stall every op
-    :param compile: ``torch.compile`` the denoiser (faster steps on CUDA after a warm-up)
-    :param channels_last: keep the U-Net's maps and kernels in channels_last memory order; None =
-        on the CPU only (:func:`~diffusion_lib.device.default_channels_last`)
-    """
-
-    out_dir: str
-    epochs: int
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 250
-    lr_schedule: str = "constant"
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    cond_drop_prob: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    vae_dir: str = "checkpoints"
-    limit: int | None = None
-    dataset: str = "fashion-mnist"
-    prediction_type: str | None = None
-    schedule: str | None = None
-    rescale_zero_terminal_snr: bool | None = None
-    denoiser: dict | None = None
-    unet: dict = field(default_factory=dict)
-    prompt: dict = field(default_factory=dict)
-    snapshot_epochs: tuple[int, ...] = (1, 2, 5, 10, 25, 50)
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
-    num_threads: int | None = None
-    compile: bool = False
-    channels_last: bool | None = None
-
-    def __post_init__(self) -> None:
-        self.out_dir = str(self.out_dir)
-        self.vae_dir = str(self.vae_dir)
-        self.snapshot_epochs = tuple(int(e) for e in self.snapshot_epochs)
-        self.unet = dict(self.unet or {})
-        self.prompt = dict(self.prompt or {})
-
-    def validate(self) -> None:
-        """Raise :class:`TrainingError` naming the first setting that cannot work."""
-        e, b = self.epochs, self.batch_size
-        checks = [
-            (isinstance(e, int) and e >= 1, f"epochs must be an integer >= 1, got {e!r}"),
-            (isinstance(b, int) and b >= 1, f"batch_size must be an integer >= 1, got {b!r}"),
-            (isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
-             f"seed must be an integer in [0, {MAX_SEED}], got {self.seed!r}"),
-            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}"),
-            (self.num_threads is None or (isinstance(self.num_threads, int) and self.num_threads >= 1),
-             f"num_threads must be an integer >= 1 or None, got {self.num_threads!r}"),
-            (all(e >= 1 for e in self.snapshot_epochs), f"snapshot_epochs must be >= 1, got {self.snapshot_epochs}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
-            (self.lr_schedule in ("constant", "cosine"),
-             f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"),
-            (0.0 <= self.ema_decay < 1.0, f"ema_decay must lie in [0, 1), got {self.ema_decay}"),
-            (self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}"),
-            (0.0 <= self.cond_drop_prob <= 1.0, f"cond_drop_prob must lie in [0, 1], got {self.cond_drop_prob}"),
-            (self.limit is None or self.limit >= 1, f"limit must be >= 1 or None (all images), got {self.limit}"),
-            (self.dataset in DATASETS, f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise TrainingError(message)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["snapshot_epochs"] = list(self.snapshot_epochs)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        return config_from_dict(cls, d)
-
-    def has_model_options(self) -> bool:
-        """True when this config says anything about the model (used when resuming)."""
-        return any(getattr(self, name) not in (None, {}) for name in MODEL_OPTIONS)
-
-
-def build_denoiser_config(config: TrainConfig) -> DenoiserConfig:
-    """The model to train: ``config.denoiser`` (or the default size for the dataset's classes)
-    with the overrides of ``config`` applied.
-
-    Setting only one of ``prompt.dim`` / ``unet.context_dim`` sets both, since the
-    U-Net's cross-attention reads the prompt encoder's vectors.
-    """
-    if config.denoiser is not None:
-        base = DenoiserConfig.from_dict(config.denoiser)
-    else:
-        base = default_denoiser_config(tokenizer=Tokenizer(CLASS_NAMES[config.dataset]))
-    d = base.to_dict()
-    for part, overrides in (("unet", config.unet), ("prompt", config.prompt)):
-        unknown = sorted(set(overrides) - set(d[part]))
-        if unknown:
-            raise TrainingError(f"unknown {part} setting(s) {unknown}; valid: {sorted(d[part])}")
-        d[part].update(overrides)
-    if "dim" in config.prompt and "context_dim" not in config.unet:
-        d["unet"]["context_dim"] = d["prompt"]["dim"]
-    if "context_dim" in config.unet and "dim" not in config.prompt:
-        d["prompt"]["dim"] = d["unet"]["context_dim"]
-    try:
-        if config.prediction_type is not None:
-            d["prediction_type"] = config.prediction_type
-        if config.schedule is not None:
-            d["schedule"]["name"] = resolve_schedule_name(config.schedule)
-        if config.rescale_zero_terminal_snr is not None:
-            d["schedule"]["rescale_zero_terminal_snr"] = bool(config.rescale_zero_terminal_snr)
-        NoiseSchedule.from_dict(d["schedule"])  # fails early, and clearly, for a bad schedule
-        return DenoiserConfig.from_dict(d)
-    except (TypeError, ValueError) as err:
-        raise TrainingError(f"the denoiser settings do not make a valid model: {err}") from err
-
 
 # ------------------------------------------------------------------------------ small pieces
 class EMA:
@@ -408,25 +228,48 @@ class Trainer:
         self.config = config
         self.dist = dist or Distributed()
         self.out_dir, self.vae_dir = Path(config.out_dir), Path(config.vae_dir)
+        self.show = config.progress and self.dist.is_main  # progress bars and messages: rank 0 only
+        self._open_out_dir()
+        saved = read_saved_run(self.out_dir) if config.resume else None
+        self.model_config = self._model_config(saved)
+        self._cache_latents(saved)
+        self._build_model()
+        self.epoch, self.step = 0, 0
+        self.saved_epoch = 0  # the last epoch whose files are all written
+        self.history: list[dict[str, Any]] = []
+        if saved is not None:
+            resume_into(self, *saved)
+        self._place()
+        self.steps_per_epoch = steps_per_epoch(len(self.latents), config.batch_size, self.dist.world_size)
+        if self.steps_per_epoch == 0:
+            raise TrainingError(
+                f"{len(self.latents)} images cannot be shared by {self.dist.world_size} processes; use more images"
+            )
+        self.total_steps = self.steps_per_epoch * config.epochs
+        # non-finite check: every step on the CPU (cheap); every 20 on a GPU, which then runs ahead of Python
+        self.check_every = 1 if self.device.type == "cpu" else 20
+
+    # ----------------------------------------------------------------------- setting up
+    def _open_out_dir(self) -> None:
+        """Check the run's folder (finishing or undoing an interrupted save) and pick the device."""
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise TrainingError(f"--out {self.out_dir} is a file, not a folder; choose a folder for the run")
         if self.out_dir.is_dir() and self.dist.is_main:
             recover(self.out_dir)  # a save that a crash interrupted is finished or undone first
         try:
-            self.device = resolve_device(config.device, self.dist.local_rank)
+            self.device = resolve_device(self.config.device, self.dist.local_rank)
         except ValueError as err:
             raise TrainingError(str(err)) from err
-        self.show = config.progress and self.dist.is_main
         if self.device.type == "cuda":
             # TF32 for the float32 matmuls that bf16 autocast leaves
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-        saved = self._saved_run() if config.resume else None
-        self.model_config = self._model_config(saved)
-
-        # the frozen autoencoder is needed once: to fill the latent cache
-        vae_source = self.vae_dir if saved is None else self._run_vae(saved[1]["vae_sha256"])
+    def _cache_latents(self, saved: tuple[dict, dict] | None) -> None:
+        """Encode every training image once with the frozen autoencoder (the run's own copy when resuming)."""
+        config = self.config
+        vae_source = self.vae_dir if saved is None else run_autoencoder(
+            self.out_dir, self.vae_dir, saved[1]["vae_sha256"], announce=self.dist.is_main)
         vae = load_autoencoder(vae_source, device=self.device)
         self.vae_sha = sha256_file(vae_source / f"{VAE}.safetensors")
         images = load_split("train", dataset=config.dataset)
@@ -435,22 +278,23 @@ class Trainer:
         self.class_names = images.class_names
         self.latents = encode_latents(vae, images.images, self.device, progress=self.show)  # (N, C, h, w)
         self.labels = images.labels.to(self.device)  # (N,)
-        del vae, images
 
+    def _build_model(self) -> None:
+        """The denoiser, its EMA, AdamW, the run's random generator, the schedule and the prompt table."""
+        config = self.config
         torch.manual_seed(config.seed)  # the weights' initialisation
         self.model = Denoiser(self.model_config).to(self.device).train()
         self.ema = EMA(self.model, config.ema_decay)
         self.optimizer = make_optimizer(self.model, config, self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         # one generator for every random draw of training, so a resumed run draws the same numbers
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.schedule = NoiseSchedule.from_dict(self.model_config.schedule)
         self.prompts = prompt_table(self.model.tokenizer, self.class_names).to(self.device)  # (C * K + 1, L)
-        self.epoch, self.step = 0, 0
-        self.saved_epoch = 0  # the last epoch whose files are all written
-        self.history: list[dict[str, Any]] = []
-        if saved is not None:
-            self._restore(*saved)
 
+    def _place(self) -> None:
+        """Memory order, compilation and the multi-process wrapper; ``train_model`` is what the step calls."""
+        config = self.config
         if default_channels_last(self.device) if config.channels_last is None else config.channels_last:
             # the same numbers in another memory order: (B, C, H, W) stored as (B, H, W, C)
             self.model.to(memory_format=torch.channels_last)
@@ -463,69 +307,12 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
-        self.steps_per_epoch = steps_per_epoch(len(self.latents), config.batch_size, self.dist.world_size)
-        if self.steps_per_epoch == 0:
-            raise TrainingError(
-                f"{len(self.latents)} images cannot be shared by {self.dist.world_size} processes; use more images"
-            )
-        self.total_steps = self.steps_per_epoch * config.epochs
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        # non-finite check: every step on the CPU (cheap); every 20 on a GPU, which then runs ahead of Python
-        self.check_every = 1 if self.device.type == "cpu" else 20
-
-    # ----------------------------------------------------------------------- setting up
-    def _saved_run(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        state_file = self.out_dir / f"{STATE}.safetensors"
-        parts = sorted(self.out_dir.glob(f"{STATE}.safetensors.part*"))
-        if not state_file.is_file() and parts:
-            # a run folder moved in pieces (files of at most 16 MB): the parts must be joined first
-            raise TrainingError(
-                f"{state_file} is stored in {len(parts)} parts; join them first: "
-                f"cat {' '.join(str(p) for p in parts)} > {state_file}"
-            )
-        if not state_file.is_file():
-            raise TrainingError(
-                f"nothing to resume: {state_file} does not exist (no epoch of a run in {self.out_dir} has "
-                f"finished). Start a fresh run by leaving out --resume (resume=False)."
-            )
-        tensors, meta = load_component(self.out_dir, STATE)
-        meta_file = self.out_dir / f"{STATE}.json"
-        if meta.get("format") != STATE_FORMAT:
-            raise TrainingError(f"{meta_file} has an unknown format; start a fresh run.")
-        missing = [key for key in STATE_KEYS if key not in meta]
-        if missing or "rng.torch_cpu" not in tensors:
-            raise TrainingError(
-                f"{meta_file} lacks {', '.join(missing) or 'the random-number state'}, which resuming needs: the "
-                f"run's training state is incomplete. Restore the run folder as it was saved, or start a fresh run "
-                f"(--overwrite, or another --out folder)."
-            )
-        return tensors, meta
-
-    def _run_vae(self, recorded_sha: str) -> Path:
-        """A resumed run uses the autoencoder it was trained on: its own copy in ``out_dir``."""
-        own = self.out_dir / f"{VAE}.safetensors"
-        if not own.is_file() or sha256_file(own) != recorded_sha:
-            raise TrainingError(
-                f"{own} is missing or is not the autoencoder the run in {self.out_dir} was trained on (recorded "
-                f"SHA-256 {recorded_sha[:12]}...). Restore that file, or start a fresh run in another --out folder."
-            )
-        other = self.vae_dir / f"{VAE}.safetensors"
-        if self.vae_dir.resolve() != self.out_dir.resolve() and other.is_file() and sha256_file(other) != recorded_sha:
-            if self.dist.is_main:
-                print(f"note: {other} differs from the autoencoder this run was trained on; resuming with the "
-                      f"run's own copy, {own}.")
-        return self.out_dir
 
     def _model_config(self, saved: tuple[dict, dict] | None) -> DenoiserConfig:
         """The saved run's model (checked against any model options), or a new one."""
         config = self.config
         if saved is None:
-            existing = [n for n in (f"{STATE}.safetensors", f"{DENOISER}.safetensors") if (self.out_dir / n).exists()]
-            if existing and not config.overwrite:
-                raise TrainingError(
-                    f"{self.out_dir} already holds a trained denoiser ({', '.join(existing)}). Pass --resume to "
-                    f"continue that run, --overwrite to start over and replace it, or choose another --out folder."
-                )
+            refuse_to_replace(self.out_dir, config.overwrite)
             model_config = build_denoiser_config(config)
         elif config.has_model_options():
             model_config = build_denoiser_config(config)
@@ -546,25 +333,6 @@ class Trainer:
                 f"{list(CLASS_NAMES[config.dataset])}; use a denoiser config made for {config.dataset}."
             )
         return model_config
-
-    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        restore_state(tensors, meta, self.model, self.ema, self.optimizer, self.generator, self.device,
-                      self.out_dir / f"{STATE}.safetensors")
-        self.epoch, self.step, self.history = meta["epoch"], meta["step"], list(meta["history"])
-        self.saved_epoch = self.epoch
-        # model options were checked already; these others do not change the training itself
-        ignore = ("epochs", "resume", "out_dir", "vae_dir", "overwrite", "progress", "num_threads", "compile",
-                  "channels_last", *MODEL_OPTIONS)
-        changed = config_differences(
-            {k: v for k, v in meta["train_config"].items() if k not in ignore},
-            {k: v for k, v in self.config.to_dict().items() if k not in ignore},
-        )
-        if self.dist.is_main:
-            c = self.config
-            print(f"resuming {self.out_dir} after epoch {self.epoch} of {c.epochs} (seed {c.seed}, lr {c.lr:g} "
-                  f"{c.lr_schedule}, batch {c.batch_size})", flush=True)
-            if changed:
-                print("changed settings: " + "; ".join(changed), flush=True)
 
     # ------------------------------------------------------------------------- training
     def train_step(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -667,7 +435,7 @@ class Trainer:
                 metrics = self.train_epoch()
                 self.history.append(metrics)
                 if self.dist.is_main:
-                    self.save()
+                    save_epoch(self)
                     if self.show:
                         print(f"epoch {self.epoch}: loss {metrics['loss']:.4f}, "
                               f"{metrics['images_per_s']:.0f} images/s, {metrics['wall_s']:.1f} s", flush=True)
@@ -708,41 +476,6 @@ class Trainer:
             print("\ninterrupted in epoch 1: no epoch had finished, so there is nothing to resume. "
                   "Run the same command again to start over.", file=sys.stderr, flush=True)
 
-    # --------------------------------------------------------------------------- saving
-    def save(self) -> None:
-        """Write this epoch's files as ONE unit (:func:`~diffusion_lib.checkpoint.commit_files`):
-        a crash at any moment leaves the previous epoch's files or this epoch's, all of them
-        matching ``SHA256SUMS``, never a mix."""
-        out, model_config = self.out_dir, self.model_config.to_dict()
-        denoiser_json = {**model_config, AUTOENCODER_SHA256: self.vae_sha}
-        files = {}
-        if self.epoch in self.config.snapshot_epochs:
-            name = snapshot_name(self.epoch)
-            files.update(component_files(name, self.ema.shadow, denoiser_json, dtype=torch.float16))
-        files.update(component_files(DENOISER, self.ema.shadow, denoiser_json))
-        tensors, scalars = state_tensors(self.model, self.ema, self.optimizer, self.generator, self.device)
-        meta = {
-            "format": STATE_FORMAT,
-            "epoch": self.epoch,
-            "step": self.step,
-            "denoiser_config": model_config,
-            "train_config": self.config.to_dict(),
-            "vae_sha256": self.vae_sha,
-            "device_type": self.device.type,
-            "optimizer_scalars": scalars,
-            "history": self.history,
-            "torch_version": torch.__version__,
-        }
-        files.update(component_files(STATE, tensors, meta))
-        files[LOG_FILE] = log_bytes(self.history)
-        try:
-            commit_files(out, files, unlisted=(LOG_FILE,))
-        except OSError as err:
-            kept = (f"the checkpoint of epoch {self.saved_epoch} was kept; free space (or fix the folder), then "
-                    f"continue with --resume" if self.saved_epoch else "no epoch had been saved yet")
-            raise TrainingError(f"could not write the checkpoint of epoch {self.epoch} to {out} ({err}); "
-                                f"{kept}.") from err
-        self.saved_epoch = self.epoch
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:

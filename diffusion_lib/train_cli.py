@@ -15,7 +15,8 @@ from typing import Any
 from .checkpoint import CheckpointError
 from .data import DATASETS
 from .denoiser import AUTOENCODER_SHA256, PREDICTION_TYPES
-from .train import STATE, TrainConfig, TrainingError, train
+from .train import TrainConfig, TrainingError, train
+from .train_state import STATE
 
 
 def _parse_value(text: str) -> Any:

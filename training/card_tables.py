@@ -85,7 +85,7 @@ def ladders(metrics: Path) -> dict[float, dict[int, dict]]:
     A rung's epoch is read off the snapshot its file measured (``"denoiser": "denoiser_epoch010"``);
     the card's guidance 3 comes first.
     """
-    from diffusion_lib.train import SNAPSHOT_PATTERN  # the snapshot names the trainer writes: denoiser_epochEEE
+    from diffusion_lib.train_state import SNAPSHOT_PATTERN  # the snapshot names the trainer writes: denoiser_epochEEE
 
     found: dict[float, dict[int, dict]] = {}
     for path in metrics.glob("ladder_*.json"):
