@@ -271,6 +271,11 @@ def update_checksums(directory: Path | str, names: list[str]) -> None:
         atomic_write_text(directory / SUMS, sums_text(table))
 
 
+def jsonl_bytes(records: list[dict]) -> bytes:
+    """A training log's contents: one JSON line per record (epoch), keys sorted."""
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
+
+
 def check_output_folder(out_dir: Path | str, component: str, what: str, overwrite: bool) -> Path:
     """Refuse, before any work, an ``--out`` that is a file or already holds a trained ``component``.
 

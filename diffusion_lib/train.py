@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import copy
 import contextlib
-import math
 import sys
 import time
 from pathlib import Path
@@ -90,6 +89,7 @@ from .denoiser import Denoiser, DenoiserConfig
 from .device import (accumulator_dtype, autocast_dtype, default_channels_last, fused_optimizer,
                      resolve_device, synchronize)
 from .distributed import Distributed, DistributedError, shard
+from .lr_schedule import warmup_cosine
 from .schedules import NoiseSchedule
 from .train_config import CLASS_NAMES, TrainConfig, build_denoiser_config
 from .train_state import (VAE, TrainingError, config_differences, copy_component, read_saved_run,
@@ -129,14 +129,13 @@ class EMA:
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
-    """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``."""
+    """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``: warm-up, then constant or cosine."""
+    if config.lr_schedule == "cosine":
+        # lr_k = lr * (1 + cos(pi * progress)) / 2 after the warm-up, to 0 at the last step
+        return warmup_cosine(step, total_steps, config.lr, config.warmup_steps)
     if config.warmup_steps > 0 and step < config.warmup_steps:
         # linear warm-up: lr_k = lr * (k + 1) / warmup_steps
         return config.lr * (step + 1) / config.warmup_steps
-    if config.lr_schedule == "cosine":
-        # lr_k = lr * (1 + cos(pi * progress)) / 2, progress from 0 (end of warm-up) to 1 (last step)
-        progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
-        return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return config.lr
 
 

@@ -7,7 +7,6 @@ classifier's features do not depend on the last batches it saw.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import check_output_folder, commit_files, component_files
+from .checkpoint import check_output_folder, commit_files, component_files, jsonl_bytes
 from .classifier import COMPONENT, ClassifierConfig, FashionClassifier, predict
 from .data import load_split
 from .device import resolve_device
@@ -129,56 +128,35 @@ def train_classifier(
     model = FashionClassifier(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(train) / batch_size)
+    # one cycle: the learning rate rises to lr over the first 20% of the steps, then anneals to ~0
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.2)
 
-    log_lines: list[str] = []
+    log: list[dict[str, Any]] = []
     start = time.time()
-    metrics: dict[str, Any] = {}
     for epoch in range(1, epochs + 1):
-        model.train()
-        order = torch.randperm(len(train), generator=gen)
-        total_loss, correct, seen = 0.0, 0, 0
         batches = range(0, len(train), batch_size)
         if progress:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc=f"classifier epoch {epoch}/{epochs}", leave=False)
-        for i in batches:
-            idx = order[i : i + batch_size]
-            if idx.numel() < 2:  # BatchNorm needs at least two examples
-                continue
-            x = augment(x_train[idx], gen, flip=flip).to(device)
-            y = y_train[idx].to(device)
-            logits = model(x)
-            # L = -(1/B) sum_b log softmax(logits_b)[y_b]
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total_loss += loss.item() * y.shape[0]
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += y.shape[0]
+        train_loss, train_accuracy = train_epoch(model, opt, sched, x_train, y_train, batches, batch_size, gen,
+                                                 flip, device)
         recalibrate_batchnorm(model, x_train[:bn_images], device=device)
         _, test_logits = predict(model, x_test, device=device)
-        test_acc = conditional_accuracy(test_logits.argmax(1), y_test)
-        metrics = {
+        log.append({
             "epoch": epoch,
-            "train_loss": total_loss / max(seen, 1),
-            "train_accuracy": correct / max(seen, 1),
-            "test_accuracy": test_acc,
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            "test_accuracy": conditional_accuracy(test_logits.argmax(1), y_test),
             "lr": opt.param_groups[0]["lr"],
             "seconds": round(time.time() - start, 1),
-        }
-        log_lines.append(json.dumps(metrics))
+        })
         if progress:
-            print(
-                f"classifier epoch {epoch}/{epochs}: loss {metrics['train_loss']:.4f} "
-                f"train acc {metrics['train_accuracy']:.4f} test acc {test_acc:.4f} ({metrics['seconds']:.0f} s)",
-                flush=True,
-            )
+            m = log[-1]
+            print(f"classifier epoch {epoch}/{epochs}: loss {m['train_loss']:.4f} train acc {m['train_accuracy']:.4f} "
+                  f"test acc {m['test_accuracy']:.4f} ({m['seconds']:.0f} s)", flush=True)
 
-    config.test_accuracy = metrics["test_accuracy"]
+    config.test_accuracy = log[-1]["test_accuracy"]
     config.training = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -190,10 +168,40 @@ def train_classifier(
         "device": str(device),
         "train_images": len(train),
         "test_images": len(test),
-        "seconds": metrics["seconds"],
+        "seconds": log[-1]["seconds"],
         "torch": torch.__version__,
     }
     model.eval()
-    commit_files(out_dir, {**component_files(COMPONENT, model, config.to_dict()),
-                           LOG_NAME: ("\n".join(log_lines) + "\n").encode()}, unlisted=(LOG_NAME,))
-    return metrics
+    commit_files(out_dir, {**component_files(COMPONENT, model, config.to_dict()), LOG_NAME: jsonl_bytes(log)},
+                 unlisted=(LOG_NAME,))
+    return log[-1]
+
+
+def train_epoch(model: FashionClassifier, opt: torch.optim.Optimizer, sched, x_train: torch.Tensor,
+                y_train: torch.Tensor, batches, batch_size: int, gen: torch.Generator, flip: bool,
+                device: torch.device) -> tuple[float, float]:
+    """One pass over the training images (N, 1, 32, 32) in a random order, augmented.
+
+    :param batches: the start index of each minibatch (a range, or a progress bar over one)
+    :returns: the epoch's mean cross-entropy and accuracy on the (augmented) training images
+    """
+    model.train()
+    order = torch.randperm(len(x_train), generator=gen)
+    total_loss, correct, seen = 0.0, 0, 0
+    for i in batches:
+        idx = order[i : i + batch_size]
+        if idx.numel() < 2:  # BatchNorm needs at least two examples
+            continue
+        x = augment(x_train[idx], gen, flip=flip).to(device)
+        y = y_train[idx].to(device)
+        logits = model(x)
+        # L = -(1/B) sum_b log softmax(logits_b)[y_b]
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total_loss += loss.item() * y.shape[0]
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += y.shape[0]
+    return total_loss / max(seen, 1), correct / max(seen, 1)

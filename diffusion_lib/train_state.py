@@ -10,7 +10,6 @@ apart from the recipe.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
-from .checkpoint import CheckpointError, commit_files, component_files, load_component, load_into, sha256_file
+from .checkpoint import (CheckpointError, commit_files, component_files, jsonl_bytes, load_component, load_into,
+                         sha256_file)
 from .denoiser import AUTOENCODER_SHA256
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def save_epoch(trainer: Trainer) -> None:
         "torch_version": torch.__version__,
     }
     files.update(component_files(STATE, tensors, meta))
-    files[LOG_FILE] = log_bytes(trainer.history)
+    files[LOG_FILE] = jsonl_bytes(trainer.history)
     try:
         commit_files(trainer.out_dir, files, unlisted=(LOG_FILE,))
     except OSError as err:
@@ -244,8 +244,3 @@ def copy_component(src: Path, dst: Path, name: str) -> None:
     """
     load_component(src, name)  # verifies the source against its SHA256SUMS
     commit_files(dst, {file: (src / file).read_bytes() for file in (f"{name}.safetensors", f"{name}.json")})
-
-
-def log_bytes(history: list[dict]) -> bytes:
-    """``train_log.jsonl``: one JSON line per complete epoch."""
-    return "".join(json.dumps(h, sort_keys=True) + "\n" for h in history).encode()

@@ -6,7 +6,7 @@ reparameterisation trick, decodes x_hat = D(z) and minimises
     L = mean_pixels (x - x_hat)^2  +  beta * KL(q(z|x) || N(0, I)) / (C * H * W)
 
 with AdamW. The learning rate warms up linearly and then follows a cosine to
-a tenth of its peak, which gets most of the quality out of a few epochs.
+a tenth of its peak (:func:`diffusion_lib.lr_schedule.warmup_cosine`), which gets most of the quality out of a few epochs.
 
 The recipe was chosen by measurement on a 2-core CPU: test PSNR after the
 same 32k training images (about half an epoch), each change on top of the
@@ -33,9 +33,9 @@ give the same weights.
 
 from __future__ import annotations
 
-import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,28 +48,33 @@ from .autoencoder import (
     reconstruction_psnr,
     vae_loss,
 )
-from .checkpoint import check_output_folder, commit_files, component_files
-from .data import load_split
+from .checkpoint import check_output_folder, commit_files, component_files, jsonl_bytes
+from .data import ImageSet, load_split
 from .device import accumulator_dtype
+from .lr_schedule import warmup_cosine
 
 LOG_NAME = "vae_log.jsonl"
 SCALE_SAMPLE = 10_000  # training images used to measure scale_factor
 EPOCH_PSNR_SAMPLE = 1_000  # test images for the quick per-epoch PSNR; the full test set at the end
+# warm-up: a tenth of all steps, but at most WARMUP_MAX_STEPS (Adam's moments settle within a few hundred steps)
+WARMUP_MAX_STEPS = 200
+LR_FLOOR = 0.1  # the cosine ends at a tenth of the peak learning rate
 
 
-def default_autoencoder_config() -> AutoencoderConfig:
-    """The shipped size: ~0.3M parameters, about two minutes per epoch on a 2-core CPU."""
-    return AutoencoderConfig()
+@dataclass
+class Recipe:
+    """The settings of one autoencoder training run that a step needs."""
 
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    total_steps: int
+    kl_weight: float
+    loss: str
 
-def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    if step < warmup:
-        # linear warm-up avoids large early updates while Adam's moment estimates settle
-        return peak * (step + 1) / warmup
-    # cosine decay from peak to peak / 10:  lr = lr_min + (peak - lr_min) * (1 + cos(pi * progress)) / 2
-    progress = (step - warmup) / max(1, total - warmup)
-    low = 0.1 * peak
-    return low + (peak - low) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    def lr_at(self, step: int) -> float:
+        # linear warm-up, then a cosine from lr down to LR_FLOOR * lr
+        return warmup_cosine(step, self.total_steps, self.lr, self.warmup_steps, floor=LR_FLOOR * self.lr)
 
 
 def train_vae(
@@ -99,7 +104,7 @@ def train_vae(
     :param limit: train on the first ``limit`` training images only (quick runs)
     :param progress: show a tqdm progress bar
     :param dataset: ``"fashion-mnist"`` or ``"mnist"``
-    :param config: architecture (default: :func:`default_autoencoder_config`)
+    :param config: architecture (default: ``AutoencoderConfig()``, the shipped size: ~0.3M parameters)
     :param kl_weight: beta, the KL weight per pixel
     :param loss: reconstruction loss, ``"l1"`` or ``"l2"``
     :param test_images: measure the final PSNR on the first ``test_images`` test
@@ -110,109 +115,128 @@ def train_vae(
         (dB, 28x28 crop, test split), ``scale_factor``, ``epochs``,
         ``images_per_s``, ``wall_s``, ``num_params``, ``device``
     """
-    from tqdm.auto import tqdm
-
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of images, got {limit}")
     out_dir = check_output_folder(out_dir, COMPONENT, "autoencoder", overwrite)
     device = torch.device(device)
     start = time.perf_counter()
-
-    train = load_split("train", dataset)
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be a positive number of images, got {limit}")
-        train = train.subset(limit)
-    test = load_split("test", dataset)
-    if test_images is not None:
-        test = test.subset(test_images)
-    # the whole split fits in memory (60k x 32 x 32 floats = 245 MB): move it once
-    images = train.model_space().to(device, non_blocking=True)
+    images, test = _splits(dataset, limit, test_images, device)
     n = images.shape[0]
 
-    config = config if config is not None else default_autoencoder_config()
     # a private RNG for the initial weights: same seed -> same model, whatever ran before
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = AutoencoderKL(AutoencoderConfig.from_dict(config.to_dict()))
+        vae = AutoencoderKL(AutoencoderConfig.from_dict((config or AutoencoderConfig()).to_dict()))
     vae.to(device).train()
-    num_params = sum(p.numel() for p in vae.parameters())
     optimiser = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=weight_decay)
-
     shuffle_gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = epochs * steps_per_epoch
-    warmup = max(1, min(200, total_steps // 10))
-    log_lines: list[str] = []  # a fresh run starts a fresh log
+    total_steps = epochs * math.ceil(n / batch_size)
+    recipe = Recipe(batch_size, lr, max(1, min(WARMUP_MAX_STEPS, total_steps // 10)), total_steps,
+                    kl_weight, loss)
 
-    step, record = 0, {}
+    step, log = 0, []  # a fresh run starts a fresh log
     for epoch in range(1, epochs + 1):
         epoch_start = time.perf_counter()
         order = torch.randperm(n, generator=shuffle_gen).to(device)
-        # running sums stay on the device: no host sync per step on a GPU
-        sums = torch.zeros(3, dtype=accumulator_dtype(device), device=device)
-        bar = tqdm(range(steps_per_epoch), desc=f"vae epoch {epoch}/{epochs}", disable=not progress, leave=False)
-        for i in bar:
-            x = images[order[i * batch_size : (i + 1) * batch_size]]
-            lr_now = _lr_at(step, total_steps, lr, warmup)
-            for group in optimiser.param_groups:
-                group["lr"] = lr_now
-            reconstruction, posterior = vae(x, sample_posterior=True, generator=noise_gen)
-            total, rec, kl = vae_loss(x, reconstruction, posterior, kl_weight, loss)
-            optimiser.zero_grad(set_to_none=True)
-            total.backward()
-            optimiser.step()
-            step += 1
-            sums += torch.stack([total, rec, kl]).detach().to(sums.dtype) * x.shape[0]
-            if progress and i % 50 == 0:
-                bar.set_postfix(loss=f"{total.item():.4f}", kl=f"{kl.item():.1f}")
-        bar.close()
+        bar = _progress(range(math.ceil(n / batch_size)), progress, f"vae epoch {epoch}/{epochs}")
+        sums, step = train_epoch(vae, optimiser, images[order], recipe, step, noise_gen, bar)
         train_s = time.perf_counter() - epoch_start
         mean_loss, mean_rec, mean_kl = (sums / n).cpu().tolist()
 
-        vae.eval()
-        scale = measure_scale_factor(vae, images[:SCALE_SAMPLE])
-        vae.config.scale_factor = scale
-        last = epoch == epochs
-        psnr = reconstruction_psnr(vae, test if last else test.subset(EPOCH_PSNR_SAMPLE))
-        vae.train()
-
-        record = {
+        scale, psnr, psnr_images = _measure(vae, images, test, last=epoch == epochs)
+        log.append({
             "epoch": epoch,
             "loss": mean_loss,
             "rec_loss": mean_rec,
             "kl": mean_kl,
-            "lr": lr_now,
+            "lr": recipe.lr_at(step - 1),
             "images_per_s": n / train_s,
             "wall_s": time.perf_counter() - start,
             "scale_factor": scale,
             # quick estimate on the first 1000 test images; the last epoch uses all of them
             "test_psnr": psnr,
-            "test_psnr_images": len(test) if last else min(EPOCH_PSNR_SAMPLE, len(test)),
-        }
-        log_lines.append(json.dumps(record) + "\n")
+            "test_psnr_images": psnr_images,
+        })
         # the weights, their config and the log of this epoch, as one unit (never a log ahead of its weights)
         commit_files(out_dir, {**component_files(COMPONENT, vae, vae.config.to_dict()),
-                               LOG_NAME: "".join(log_lines).encode()}, unlisted=(LOG_NAME,))
+                               LOG_NAME: jsonl_bytes(log)}, unlisted=(LOG_NAME,))
         if progress:
-            tqdm.write(
-                f"vae epoch {epoch}/{epochs}: loss {mean_loss:.4f} rec {mean_rec:.4f} kl {mean_kl:.1f} "
-                f"psnr {psnr:.2f} dB scale {scale:.3f} ({n / train_s:.0f} img/s)"
-            )
+            bar.write(f"vae epoch {epoch}/{epochs}: loss {mean_loss:.4f} rec {mean_rec:.4f} kl {mean_kl:.1f} "
+                      f"psnr {psnr:.2f} dB scale {scale:.3f} ({n / train_s:.0f} img/s)")
 
     vae.eval()
+    last = log[-1]
     return {
-        "loss": record["loss"],
-        "rec_loss": record["rec_loss"],
-        "kl": record["kl"],
-        "test_psnr": record["test_psnr"],
-        "scale_factor": record["scale_factor"],
+        **{key: last[key] for key in ("loss", "rec_loss", "kl", "test_psnr", "scale_factor", "images_per_s")},
         "epochs": epochs,
-        "images_per_s": record["images_per_s"],
         "wall_s": time.perf_counter() - start,
-        "num_params": num_params,
+        "num_params": sum(p.numel() for p in vae.parameters()),
         "device": str(device),
     }
+
+
+def train_epoch(vae: AutoencoderKL, optimiser: torch.optim.Optimizer, images: torch.Tensor, recipe: Recipe,
+                step: int, noise_gen: torch.Generator, bar) -> tuple[torch.Tensor, int]:
+    """One pass over ``images`` (N, 1, 32, 32), already shuffled, in minibatches.
+
+    :param bar: a tqdm progress bar over the epoch's minibatch indices (closed at the end)
+
+    :returns: the sums over the epoch's images of (loss, reconstruction loss, KL), on the device,
+        and the step count after the epoch
+    """
+    b = recipe.batch_size
+    # running sums stay on the device: no host sync per step on a GPU
+    sums = torch.zeros(3, dtype=accumulator_dtype(images.device), device=images.device)
+    for i in bar:
+        x = images[i * b : (i + 1) * b]
+        for group in optimiser.param_groups:
+            group["lr"] = recipe.lr_at(step)
+        # x_hat = D(z), z ~ q(z|x) by the reparameterisation trick
+        reconstruction, posterior = vae(x, sample_posterior=True, generator=noise_gen)
+        # L = mean (x - x_hat)^2 + beta KL(q(z|x) || N(0, I)) / (C H W)
+        total, rec, kl = vae_loss(x, reconstruction, posterior, recipe.kl_weight, recipe.loss)
+        optimiser.zero_grad(set_to_none=True)
+        total.backward()
+        optimiser.step()
+        step += 1
+        sums += torch.stack([total, rec, kl]).detach().to(sums.dtype) * x.shape[0]
+        if i % 50 == 0 and not bar.disable:
+            bar.set_postfix(loss=f"{total.item():.4f}", kl=f"{kl.item():.1f}")
+    bar.close()
+    return sums, step
+
+
+def _splits(dataset: str, limit: int | None, test_images: int | None,
+            device: torch.device) -> tuple[torch.Tensor, ImageSet]:
+    """The training images in model space on ``device`` (N, 1, 32, 32), and the test split."""
+    train = load_split("train", dataset)
+    if limit is not None:
+        train = train.subset(limit)
+    test = load_split("test", dataset)
+    if test_images is not None:
+        test = test.subset(test_images)
+    # the whole split fits in memory (60k x 32 x 32 floats = 245 MB): move it once
+    return train.model_space().to(device, non_blocking=True), test
+
+
+def _measure(vae: AutoencoderKL, images: torch.Tensor, test: ImageSet, last: bool) -> tuple[float, float, int]:
+    """After an epoch: measure and store the latent scale factor, and the test PSNR (all test images
+    after the last epoch, the first EPOCH_PSNR_SAMPLE before)."""
+    vae.eval()
+    scale = measure_scale_factor(vae, images[:SCALE_SAMPLE])
+    vae.config.scale_factor = scale
+    sample = test if last else test.subset(EPOCH_PSNR_SAMPLE)
+    psnr = reconstruction_psnr(vae, sample)
+    vae.train()
+    return scale, psnr, len(sample)
+
+
+def _progress(steps: range, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(steps, desc=desc, disable=not enabled, leave=False)

@@ -20,7 +20,7 @@ from diffusion_lib.autoencoder import (
 )
 from diffusion_lib.checkpoint import CheckpointError
 from diffusion_lib.data import load_split
-from diffusion_lib.train_vae import default_autoencoder_config, train_vae
+from diffusion_lib.train_vae import train_vae
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "checkpoints"
@@ -45,7 +45,7 @@ def test_shapes_at_several_sizes(height, width):
 
 
 def test_shipped_default_maps_32_to_4x8x8():
-    vae = AutoencoderKL(default_autoencoder_config())
+    vae = AutoencoderKL(AutoencoderConfig())
     assert vae.encode(torch.zeros(1, 1, 32, 32)).mean.shape == (1, 4, 8, 8)
     assert vae.config.downsample_factor == 4
     # "a few hundred k parameters": small enough to train on a laptop CPU
