@@ -169,9 +169,8 @@ class Pipeline:
         batch_size = checks.integer("batch_size", batch_size, 1)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        tokenizer = self.denoiser.tokenizer
         # a prompt without words ("", "!!!") is the unconditional prompt: label -1
-        labels = [-1 if (index := tokenizer.class_index(p)) is None else index for p in prompts]
+        labels = [-1 if (index := self.denoiser.tokenizer.class_index(p)) is None else index for p in prompts]
         all_prompts = [p for p in prompts for _ in range(num_images)]
         all_negatives = [n for n in negatives for _ in range(num_images)]
         all_labels = torch.tensor([lab for lab in labels for _ in range(num_images)], dtype=torch.long)
@@ -180,56 +179,41 @@ class Pipeline:
             generator = torch.Generator().manual_seed(seed)
 
         latents, trajectories = [], []
-        for start in range(0, len(all_prompts), batch_size):
-            chunk = all_prompts[start : start + batch_size]
-            chunk_negatives = all_negatives[start : start + batch_size]
-            # the prompt encoder runs once per distinct prompt at each step (here at most 11 with
-            # the empty one, whatever the batch), and every image looks its prompt's context up
-            distinct = list(dict.fromkeys(chunk + chunk_negatives))
-            table = self.denoiser.encode_prompts(distinct)  # (P, L)
-            rows = torch.tensor([distinct.index(p) for p in chunk], device=self.device)  # (B,)
-            # the "unconditional" rows: the empty prompt, or the negative prompt in its place
-            negative_rows = torch.tensor([distinct.index(p) for p in chunk_negatives], device=self.device)
-
-            def model(x, t, prompt_rows, table=table):
-                return self.denoiser(x, t, table, prompt_rows)
-
-            model_fn = classifier_free_guidance(model, rows, negative_rows, guidance_scale)
+        for start in range(0, total, batch_size):
+            stop = min(start + batch_size, total)
+            model_fn = self._guided_model(all_prompts[start:stop], all_negatives[start:stop], guidance_scale)
             edit = {}
             if z_init is not None:
-                edit = {"x_init": z_init[start : start + len(chunk)], "strength": strength,
-                        "mask": None if latent_masks is None else latent_masks[start : start + len(chunk)]}
-            result = sample(
-                model_fn,
-                self.latent_shape(len(chunk)),
-                self.schedule,
-                sampler=sampler,
-                num_inference_steps=num_inference_steps,
-                prediction_type=self.denoiser.prediction_type,
-                eta=eta,
-                timestep_spacing=timestep_spacing,
-                generator=generator,
-                return_trajectory=return_trajectory,
-                progress=progress,
-                device=self.device,
-                **edit,
-            )
+                edit = {"x_init": z_init[start:stop], "strength": strength,
+                        "mask": None if latent_masks is None else latent_masks[start:stop]}
+            result = sample(model_fn, self.latent_shape(stop - start), self.schedule, sampler=sampler,
+                            num_inference_steps=num_inference_steps, prediction_type=self.denoiser.prediction_type,
+                            eta=eta, timestep_spacing=timestep_spacing, generator=generator,
+                            return_trajectory=return_trajectory, progress=progress, device=self.device, **edit)
             if return_trajectory:
-                result, traj = result
-                trajectories.append(traj)
+                result, trajectory = result
+                trajectories.append(trajectory)
             latents.append(result)
         z0 = torch.cat(latents)
         x = torch.cat([self.decode(z) for z in z0.split(batch_size)]).float().cpu()
-        trajectory = None
-        if return_trajectory:
-            trajectory = trajectories[0]
-            if len(trajectories) > 1:
-                trajectory = Trajectory(
-                    trajectories[0].timesteps,
-                    [torch.cat(parts) for parts in zip(*(t.x for t in trajectories))],
-                    [torch.cat(parts) for parts in zip(*(t.x0_pred for t in trajectories))],
-                )
+        trajectory = join_trajectories(trajectories) if return_trajectory else None
         return PipelineOutput(to_pixels(x), all_labels, all_prompts, x, z0.cpu(), trajectory)
+
+    def _guided_model(self, prompts: list[str], negatives: list[str], guidance_scale: float):
+        """The guided noise prediction for one batch: ``model_fn(z_t, t)``, one prompt (and one negative
+        prompt, "" = unconditional) per image."""
+        # the prompt encoder runs once per distinct prompt at each step (here at most 11 with
+        # the empty one, whatever the batch), and every image looks its prompt's context up
+        distinct = list(dict.fromkeys(prompts + negatives))
+        table = self.denoiser.encode_prompts(distinct)  # (P, L)
+        rows = torch.tensor([distinct.index(p) for p in prompts], device=self.device)  # (B,)
+        # the "unconditional" rows: the empty prompt, or the negative prompt in its place
+        negative_rows = torch.tensor([distinct.index(p) for p in negatives], device=self.device)
+
+        def model(x, t, prompt_rows):
+            return self.denoiser(x, t, table, prompt_rows)
+
+        return classifier_free_guidance(model, rows, negative_rows, guidance_scale)
 
     def _negative_prompts(self, negative_prompt, prompts: list[str]) -> list[str]:
         """One negative prompt per prompt ("" when none is given), checked against the vocabulary."""
@@ -297,3 +281,14 @@ def _per_image(x: torch.Tensor, total: int, name: str) -> torch.Tensor:
         raise ValueError(f"{name} holds {x.shape[0]} images for {total} generated images: give one for all, "
                          "or one per generated image (prompts x num_images)")
     return x
+
+
+def join_trajectories(parts: list[Trajectory]) -> Trajectory:
+    """One trajectory from those of consecutive batches (the same timesteps, the images side by side)."""
+    if len(parts) == 1:
+        return parts[0]
+    return Trajectory(
+        parts[0].timesteps,
+        [torch.cat(step) for step in zip(*(t.x for t in parts))],
+        [torch.cat(step) for step in zip(*(t.x0_pred for t in parts))],
+    )

@@ -286,32 +286,29 @@ def sample(
         ``x_init`` noised to the new level (needs ``x_init``)
     :returns: x_0 (``shape``) or ``(x_0, trajectory)``
     """
-    sampler = resolve_sampler_name(sampler)
-    check_prediction_type(prediction_type)
-    eta = checks.eta("eta", eta)
-    if eta != 0 and sampler != "ddim":
-        raise ValueError(f"eta={eta} only applies to the ddim sampler, not {sampler!r}")
-    if schedule.alphas_cumprod[-1] == 0 and prediction_type == "epsilon":
-        raise ValueError(
-            "this schedule has zero terminal SNR: at t = T-1 an epsilon prediction says nothing about x_0. "
-            "Train and sample with prediction_type='v_prediction'."
-        )
+    sampler, eta = _check_sampling(schedule, sampler, prediction_type, eta)
     timesteps = inference_timesteps(schedule.num_train_timesteps, num_inference_steps, timestep_spacing)
     editing.check_edit_inputs(shape, x_init, strength, mask)
     if x_init is not None and x_T is not None:
         raise ValueError("pass either x_T (start from that noise) or x_init (edit that image), not both")
     if device is None:
         device = next((v.device for v in (x_T, x_init) if v is not None), "cpu")
+
+    def draw() -> torch.Tensor:  # fresh Gaussian noise of the batch's shape, from ``generator``
+        return randn(shape, generator, device, dtype)
+
     if x_init is None:
-        x = randn(shape, generator, device, dtype) if x_T is None else x_T.to(device=device, dtype=dtype)
+        # x_T ~ N(0, I)
+        x = draw() if x_T is None else x_T.to(device=device, dtype=dtype)
     else:
+        # SDEdit: start from x_init noised to the first visited timestep
         timesteps = editing.img2img_timesteps(timesteps, strength)
         x_init = x_init.to(device=device, dtype=dtype)
         mask = mask.to(device=device, dtype=dtype) if mask is not None else None
-        x = editing.noised_start(schedule, x_init, int(timesteps[0]), randn(shape, generator, device, dtype))
+        x = editing.noised_start(schedule, x_init, int(timesteps[0]), draw())
     timesteps = timesteps.tolist()
     trajectory = Trajectory() if return_trajectory else None
-    solver = DPMSolverPP2M(schedule) if sampler == "dpmsolver++" else None
+    step = _stepper(sampler, schedule, prediction_type, eta, draw)
 
     for i, t in enumerate(tqdm(timesteps, desc=sampler, disable=not progress, leave=False)):
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
@@ -322,18 +319,10 @@ def sample(
         if trajectory is not None:
             trajectory.timesteps.append(t)
             trajectory.x.append(x.detach().cpu())
-        if sampler == "ddpm":
-            noise = randn(shape, generator, device, dtype) if t_prev >= 0 else None
-            x, x0_hat = ddpm_step(schedule, out, t, t_prev, x, noise, prediction_type)
-        elif sampler == "ddim":
-            noise = randn(shape, generator, device, dtype) if eta > 0 and t_prev >= 0 else None
-            x, x0_hat = ddim_step(schedule, out, t, t_prev, x, eta, noise, prediction_type)
-        else:
-            x, x0_hat = solver.step(out, t, t_prev, x, prediction_type)
+        x, x0_hat = step(out, t, t_prev, x)
         if mask is not None:
             # the kept region: the original at the new noise level (exactly x_init after the last step)
-            known = x_init if t_prev < 0 else editing.noised_start(schedule, x_init, t_prev,
-                                                                   randn(shape, generator, device, dtype))
+            known = x_init if t_prev < 0 else editing.noised_start(schedule, x_init, t_prev, draw())
             x = editing.inpaint_blend(x, known, mask)
         if trajectory is not None:
             trajectory.x0_pred.append(x0_hat.detach().cpu())
@@ -341,3 +330,32 @@ def sample(
         trajectory.x.append(x.detach().cpu())
         return x, trajectory
     return x
+
+
+def _check_sampling(schedule: NoiseSchedule, sampler: str, prediction_type: str, eta: float) -> tuple[str, float]:
+    """The sampler's canonical name and ``eta``, checked to fit each other, the prediction type and the schedule."""
+    sampler = resolve_sampler_name(sampler)
+    check_prediction_type(prediction_type)
+    eta = checks.eta("eta", eta)
+    if eta != 0 and sampler != "ddim":
+        raise ValueError(f"eta={eta} only applies to the ddim sampler, not {sampler!r}")
+    if schedule.alphas_cumprod[-1] == 0 and prediction_type == "epsilon":
+        raise ValueError(
+            "this schedule has zero terminal SNR: at t = T-1 an epsilon prediction says nothing about x_0. "
+            "Train and sample with prediction_type='v_prediction'."
+        )
+    return sampler, eta
+
+
+def _stepper(sampler: str, schedule: NoiseSchedule, prediction_type: str, eta: float,
+             draw: Callable[[], torch.Tensor]) -> Callable:
+    """The chosen sampler's update as ``step(model_output, t, t_prev, x_t) -> (x_{t_prev}, x0_hat)``;
+    ``draw()`` gives the fresh noise DDPM (and DDIM with eta > 0) adds, none after the last step."""
+    if sampler == "ddpm":
+        return lambda out, t, t_prev, x: ddpm_step(schedule, out, t, t_prev, x, draw() if t_prev >= 0 else None,
+                                                   prediction_type)
+    if sampler == "ddim":
+        return lambda out, t, t_prev, x: ddim_step(schedule, out, t, t_prev, x, eta,
+                                                   draw() if eta > 0 and t_prev >= 0 else None, prediction_type)
+    solver = DPMSolverPP2M(schedule)  # keeps the previous step's x0_hat: one solver per sampling run
+    return lambda out, t, t_prev, x: solver.step(out, t, t_prev, x, prediction_type)
