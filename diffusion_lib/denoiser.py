@@ -88,7 +88,7 @@ def default_denoiser_config(
     Its training speed is measured by ``python -m diffusion_lib bench`` (the README's performance section).
     """
     tokenizer = tokenizer or Tokenizer()
-    prompt = PromptEncoderConfig(vocab_size=tokenizer.vocab_size, max_length=tokenizer.max_length, dim=64, layers=2)
+    prompt = PromptEncoderConfig(vocab_size=tokenizer.vocab_size, max_length=tokenizer.max_length, dim=64, depth=2)
     unet = UNetConfig(context_dim=prompt.dim)
     return DenoiserConfig(unet, prompt, tokenizer.to_dict(), prediction_type, schedule or default_schedule())
 

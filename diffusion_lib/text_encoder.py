@@ -34,6 +34,7 @@ position visible, even for ``""``).
 from __future__ import annotations
 
 import re
+from typing import Any
 from dataclasses import asdict, dataclass
 
 import torch
@@ -205,17 +206,21 @@ class PromptEncoderConfig:
     :param vocab_size: number of token ids (``Tokenizer.vocab_size``)
     :param max_length: L, tokens per prompt (``Tokenizer.max_length``)
     :param dim: D, width of the context vectors (= the U-Net's ``context_dim``)
-    :param layers: transformer layers
-    :param heads: attention heads (``dim`` must be divisible by ``heads``)
-    :param mlp_ratio: hidden width of each MLP = ``mlp_ratio * dim``
+    :param depth: transformer layers (the U-Net calls the same thing ``transformer_depth``)
+    :param num_heads: attention heads (``dim`` must be divisible by ``num_heads``)
+    :param ff_mult: hidden width of each MLP = ``ff_mult * dim``
+
+    The field names are the U-Net's (:class:`~diffusion_lib.unet.UNetConfig`); configs written with
+    the earlier names (``layers``, ``heads``, ``mlp_ratio``: the shipped checkpoints' JSON) are read
+    as these (:data:`RENAMED_PROMPT_KEYS`).
     """
 
     vocab_size: int
     max_length: int = 8
     dim: int = 64
-    layers: int = 2
-    heads: int = 4
-    mlp_ratio: int = 2
+    depth: int = 2
+    num_heads: int = 4
+    ff_mult: int = 2
     dropout: float = 0.0
 
     def to_dict(self) -> dict:
@@ -223,20 +228,31 @@ class PromptEncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PromptEncoderConfig":
-        return config_from_dict(cls, d)
+        return config_from_dict(cls, current_prompt_keys(d))
+
+
+# the prompt encoder's settings under their earlier names -> today's (the names the U-Net's config uses)
+RENAMED_PROMPT_KEYS = {"layers": "depth", "heads": "num_heads", "mlp_ratio": "ff_mult"}
+
+
+def current_prompt_keys(settings: Any) -> Any:
+    """``settings`` (prompt encoder settings, a dict) with earlier key names replaced by today's."""
+    if not isinstance(settings, dict):
+        return settings  # config_from_dict says what is wrong with it
+    return {RENAMED_PROMPT_KEYS.get(key, key): value for key, value in settings.items()}
 
 
 class TransformerLayer(nn.Module):
     """Pre-norm transformer layer: ``x + SelfAttention(LN(x))``, then ``x + MLP(LN(x))``."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, ff_mult: int, dropout: float = 0.0):
         super().__init__()
-        assert dim % heads == 0, f"dim={dim} cannot be split into {heads} attention heads"
+        assert dim % num_heads == 0, f"dim={dim} cannot be split into {num_heads} attention heads"
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, None, heads, dim // heads)
+        self.attn = Attention(dim, None, num_heads, dim // num_heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_ratio * dim, dim)
+            nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_mult * dim, dim)
         )
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
@@ -261,7 +277,7 @@ class PromptEncoder(nn.Module):
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.position_embedding, std=0.01)
         self.layers = nn.ModuleList(
-            TransformerLayer(config.dim, config.heads, config.mlp_ratio, config.dropout) for _ in range(config.layers)
+            TransformerLayer(config.dim, config.num_heads, config.ff_mult, config.dropout) for _ in range(config.depth)
         )
         self.final_norm = nn.LayerNorm(config.dim)
 

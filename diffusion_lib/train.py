@@ -315,7 +315,9 @@ class Trainer:
             model_config = build_denoiser_config(config)
         elif config.has_model_options():
             model_config = build_denoiser_config(config)
-            diff = config_differences(saved[1]["denoiser_config"], model_config.to_dict())
+            # the saved config through from_dict: a run saved with earlier key names compares by today's
+            saved_model = DenoiserConfig.from_dict(saved[1]["denoiser_config"]).to_dict()
+            diff = config_differences(saved_model, model_config.to_dict())
             if diff:
                 raise TrainingError(
                     f"cannot resume the run in {self.out_dir} with a different model. The saved model differs in: "

@@ -89,7 +89,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                    help="rescale the schedule to zero terminal SNR (use with --prediction-type v_prediction)")
     p.add_argument("--denoiser-config", default=None, help="JSON file with a full denoiser config")
     p.add_argument("--unet", action="append", metavar="KEY=VALUE", help="U-Net setting, e.g. --unet base_channels=32")
-    p.add_argument("--prompt", action="append", metavar="KEY=VALUE", help="prompt encoder setting, e.g. layers=1")
+    p.add_argument("--prompt", action="append", metavar="KEY=VALUE", help="prompt encoder setting, e.g. depth=1")
     p.add_argument("--snapshot-epochs",
                    help=f"comma-separated epochs that keep an fp16 snapshot, '' for none "
                         f"({','.join(map(str, d.snapshot_epochs))})")

@@ -15,7 +15,7 @@ from .checks import MAX_SEED, config_from_dict
 from .data import DATASETS, FASHION_MNIST_CLASSES, MNIST_CLASSES
 from .denoiser import DenoiserConfig, default_denoiser_config
 from .schedules import NoiseSchedule, resolve_schedule_name
-from .text_encoder import Tokenizer
+from .text_encoder import Tokenizer, current_prompt_keys
 from .train_state import MODEL_OPTIONS, TrainingError
 
 CLASS_NAMES = {"fashion-mnist": FASHION_MNIST_CLASSES, "mnist": MNIST_CLASSES}
@@ -48,7 +48,7 @@ class TrainConfig:
     :param rescale_zero_terminal_snr: None keeps the model config's; True pairs with v-prediction
     :param denoiser: a full ``DenoiserConfig.to_dict()``; None = ``default_denoiser_config()``
     :param unet: overrides of ``UNetConfig`` fields, e.g. ``{"base_channels": 32}``
-    :param prompt: overrides of ``PromptEncoderConfig`` fields, e.g. ``{"layers": 1}``
+    :param prompt: overrides of ``PromptEncoderConfig`` fields, e.g. ``{"depth": 1}``
     :param snapshot_epochs: epochs after which fp16 EMA snapshots are kept
     :param resume: continue the run saved in ``out_dir``
     :param overwrite: allow a fresh run to replace a run already saved in ``out_dir``
@@ -94,7 +94,10 @@ class TrainConfig:
         self.vae_dir = str(self.vae_dir)
         self.snapshot_epochs = tuple(int(e) for e in self.snapshot_epochs)
         self.unet = dict(self.unet or {})
-        self.prompt = dict(self.prompt or {})
+        # earlier runs' settings may use the prompt encoder's earlier key names (layers, heads, mlp_ratio)
+        self.prompt = current_prompt_keys(dict(self.prompt or {}))
+        if isinstance(self.denoiser, dict) and "prompt" in self.denoiser:
+            self.denoiser = {**self.denoiser, "prompt": current_prompt_keys(self.denoiser["prompt"])}
 
     def validate(self) -> None:
         """Raise :class:`TrainingError` naming the first setting that cannot work."""

@@ -19,7 +19,7 @@ from diffusion_lib.train import TrainConfig
 
 TINY_UNET = {"base_channels": 8, "channel_mult": [1, 2], "attention_levels": [1], "num_heads": 2, "norm_groups": 4,
              "ff_mult": 1}
-TINY_PROMPT = {"dim": 16, "heads": 2}
+TINY_PROMPT = {"dim": 16, "num_heads": 2}
 
 
 def tiny(out_dir: Path, vae_dir: Path, **overrides) -> TrainConfig:

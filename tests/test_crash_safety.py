@@ -28,7 +28,7 @@ TINY = dict(
     epochs=2, batch_size=32, limit=64, warmup_steps=3, cond_drop_prob=0.25, seed=0,
     unet={"base_channels": 8, "channel_mult": [1, 2], "attention_levels": [1], "num_heads": 2, "norm_groups": 4,
           "ff_mult": 1, "dropout": 0.1},
-    prompt={"dim": 16, "heads": 2}, snapshot_epochs=[2], progress=False, device="cpu", num_threads=1,
+    prompt={"dim": 16, "num_heads": 2}, snapshot_epochs=[2], progress=False, device="cpu", num_threads=1,
 )
 # the files whose bytes do not depend on timing (the logs and train_state.json hold wall times)
 DETERMINISTIC = ("denoiser.safetensors", "denoiser.json", "train_state.safetensors", "vae.safetensors",

@@ -320,7 +320,7 @@ def training_notebook(seed: int = 0):
     body = TRAIN_CELL.replace("{UNET}", repr({"base_channels": 8, "channel_mult": [1, 2], "attention_levels": [1],
                                               "num_heads": 2, "norm_groups": 4, "ff_mult": 1}))
     nb.cells = [nbformat.v4.new_markdown_cell("# 08 - a tiny training run"), params,
-                nbformat.v4.new_code_cell(body.replace("{PROMPT}", repr({"dim": 16, "heads": 2})))]
+                nbformat.v4.new_code_cell(body.replace("{PROMPT}", repr({"dim": 16, "num_heads": 2})))]
     return nb
 
 

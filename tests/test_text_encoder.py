@@ -1,6 +1,7 @@
 """Tokenizer and prompt encoder: vocabulary, normalisation, errors, round trips, padding."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,9 +98,9 @@ def test_other_class_names_work():
     assert digits.encode(["3"]).shape == (1, 6)
 
 
-def _encoder(tokenizer, layers=2):
+def _encoder(tokenizer, depth=2):
     torch.manual_seed(0)
-    config = PromptEncoderConfig(tokenizer.vocab_size, tokenizer.max_length, dim=32, layers=layers)
+    config = PromptEncoderConfig(tokenizer.vocab_size, tokenizer.max_length, dim=32, depth=depth)
     return PromptEncoder(config).eval()
 
 
@@ -118,3 +119,26 @@ def test_padding_does_not_change_the_real_words(tokenizer):
     padded = encoder(tokens)
     unpadded = encoder(tokens[:, :3])
     torch.testing.assert_close(padded[:, :3], unpadded, rtol=1e-5, atol=1e-5)
+
+
+def test_earlier_key_names_of_the_prompt_encoder_are_read_as_todays():
+    """The shipped checkpoints' JSON says layers / heads / mlp_ratio; the config says depth / num_heads / ff_mult,
+    as the U-Net's does. Both load to the same config, and a run's overrides are renamed too."""
+    from diffusion_lib.checkpoint import load_component
+    from diffusion_lib.denoiser import AUTOENCODER_SHA256, DenoiserConfig
+    from diffusion_lib.train import TrainConfig, build_denoiser_config
+
+    old = PromptEncoderConfig.from_dict({"vocab_size": 30, "layers": 1, "heads": 2, "mlp_ratio": 3})
+    assert old == PromptEncoderConfig(30, depth=1, num_heads=2, ff_mult=3)
+    assert set(old.to_dict()) >= {"depth", "num_heads", "ff_mult"} and "heads" not in old.to_dict()
+    _, shipped = load_component(Path(__file__).resolve().parents[1] / "checkpoints", "denoiser")
+    assert "layers" in shipped["prompt"]  # written before the rename; left as it is (SHA256SUMS)
+    prompt = DenoiserConfig.from_dict({k: v for k, v in shipped.items() if k != AUTOENCODER_SHA256}).prompt
+    assert (prompt.depth, prompt.num_heads, prompt.ff_mult) == (shipped["prompt"]["layers"],
+                                                                 shipped["prompt"]["heads"],
+                                                                 shipped["prompt"]["mlp_ratio"])
+    config = TrainConfig(out_dir="run", epochs=1, prompt={"layers": 1, "heads": 2})
+    assert config.prompt == {"depth": 1, "num_heads": 2}
+    assert build_denoiser_config(config).prompt.depth == 1
+    with pytest.raises(ValueError, match="unknown PromptEncoderConfig keys"):
+        PromptEncoderConfig.from_dict({"vocab_size": 30, "width": 3})

@@ -30,7 +30,7 @@ from diffusion_lib.train_cli import add_train_arguments, config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_UNET = {"base_channels": 8, "channel_mult": [1, 2], "attention_levels": [1], "num_heads": 2, "norm_groups": 4, "ff_mult": 1, "dropout": 0.1}
-TINY_PROMPT = {"dim": 16, "heads": 2}
+TINY_PROMPT = {"dim": 16, "num_heads": 2}
 
 
 def tiny(out_dir: Path, vae_dir: Path, **overrides) -> TrainConfig:
@@ -138,12 +138,12 @@ def test_command_line_options_become_a_config():
     parser = add_train_arguments(argparse.ArgumentParser())
     args = parser.parse_args(
         "--out run --epochs 3 --resume --lr 2e-4 --unet base_channels=16 --unet channel_mult=1,2,2 "
-        "--prompt layers=2 --snapshot-epochs 1,3 --prediction-type v_prediction --schedule cosine "
+        "--prompt depth=2 --snapshot-epochs 1,3 --prediction-type v_prediction --schedule cosine "
         "--zero-terminal-snr --no-progress --limit 100".split()
     )
     config = config_from_args(args)
     assert (config.out_dir, config.epochs, config.resume, config.lr, config.limit) == ("run", 3, True, 2e-4, 100)
-    assert config.unet == {"base_channels": 16, "channel_mult": [1, 2, 2]} and config.prompt == {"layers": 2}
+    assert config.unet == {"base_channels": 16, "channel_mult": [1, 2, 2]} and config.prompt == {"depth": 2}
     assert config.snapshot_epochs == (1, 3) and config.progress is False
     assert config.prediction_type == "v_prediction" and config.schedule == "cosine"
     assert config.rescale_zero_terminal_snr is True
