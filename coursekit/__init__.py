@@ -21,3 +21,8 @@ __version__ = "0.1.0"
 
 # the kit's checkout: notebooks/, checkpoints/, answers/ (the tools find the course from here)
 REPO = Path(__file__).resolve().parent.parent
+
+
+def numbered_notebooks(folder: str | Path) -> list[Path]:
+    """The course's notebooks in ``folder``, in course order: ``01_*.ipynb``, ``02_*.ipynb``, ..."""
+    return sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))

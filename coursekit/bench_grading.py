@@ -21,7 +21,7 @@ from pathlib import Path
 
 import nbformat
 
-from . import REPO
+from . import REPO, numbered_notebooks
 from . import questions as Q
 from .release import is_exercise_cell, student_notebook
 
@@ -29,7 +29,7 @@ from .release import is_exercise_cell, student_notebook
 def make_submissions(folder: Path, students: int, notebooks_dir: Path = REPO / "notebooks") -> None:
     """``students`` folders of answered student notebooks in ``folder`` (which must not exist)."""
     folder.mkdir(parents=True)
-    sources = sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+    sources = numbered_notebooks(notebooks_dir)
     for k in range(students):
         target = folder / f"student{k + 1:02d}"
         target.mkdir()

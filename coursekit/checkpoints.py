@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import diffusion_lib
 
-from .params import _fail
+from .params import fail
 
 NOTEBOOK_FOLDER = Path(diffusion_lib.__file__).resolve().parents[1] / "notebooks"
 
@@ -40,14 +40,14 @@ def directory(name: str, value: Any, components: Sequence[str] = ("vae", "denois
     :raises ParameterError: the folder or one of the files is missing
     """
     if not isinstance(value, (str, Path)) or not str(value).strip():
-        _fail(name, value, "must be a folder path, e.g. '../checkpoints'")
+        fail(name, value, "must be a folder path, e.g. '../checkpoints'")
     path = resolve(value)
     if not path.is_dir():
         where = "" if Path(value).expanduser().is_absolute() else f" (looked in {Path.cwd()} and {NOTEBOOK_FOLDER})"
-        _fail(name, value, f"no such folder{where}; pass the folder that holds the checkpoints, "
+        fail(name, value, f"no such folder{where}; pass the folder that holds the checkpoints, "
                            "e.g. -p checkpoint_dir /path/to/kit/checkpoints")
     missing = [f"{c}{ext}" for c in components for ext in (".json", ".safetensors") if not (path / f"{c}{ext}").is_file()]
     if missing:
-        _fail(name, value, f"{path} lacks {', '.join(missing)}; restore the shipped checkpoints or point "
+        fail(name, value, f"{path} lacks {', '.join(missing)}; restore the shipped checkpoints or point "
                            "checkpoint_dir at a training run's output folder (python -m diffusion_lib train --out DIR)")
     return path

@@ -20,9 +20,9 @@ import json
 import time
 from pathlib import Path
 
-from diffusion_lib.checkpoint import atomic_write_text
+from diffusion_lib.atomic import atomic_write_text
 
-from . import REPO
+from . import REPO, numbered_notebooks
 from .kernels import ipc_kernel_manager
 
 
@@ -36,7 +36,7 @@ def run_notebooks(out: Path, checkpoint: Path, device: str, quick: bool = True) 
     out.mkdir(parents=True, exist_ok=True)
     with ipc_kernel_manager() as manager:
         return [run_notebook(source, out, checkpoint, device, quick, manager)
-                for source in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
+                for source in numbered_notebooks(REPO / "notebooks")]
 
 
 def run_notebook(source: Path, out: Path, checkpoint: Path, device: str, quick: bool, manager: type) -> dict:

@@ -33,7 +33,7 @@ from typing import Any, Iterable
 import nbformat
 
 from . import questions as Q
-from . import REPO
+from . import REPO, numbered_notebooks
 
 TEMPLATE_DIR = REPO / "answers" / "templates"
 TEMPLATE_NAME = "coursekit"
@@ -322,7 +322,7 @@ def derivation_cells(path: Path = DERIVATIONS) -> list:
 # ------------------------------------------------------------------------------ the book
 def executed_notebooks(directory: str | Path) -> list[Path]:
     directory = Path(directory)
-    found = sorted(directory.glob("[0-9][0-9]_*.ipynb"))
+    found = numbered_notebooks(directory)
     if not found:
         raise ExportError(
             f"no executed notebooks (NN_*.ipynb) in {directory}. Run the course first (./kit course writes them "

@@ -55,7 +55,7 @@ from . import gradebook
 from .submissions import collect as collect_submissions
 from . import questions as Q
 from . import sandbox as sb
-from . import REPO
+from . import REPO, numbered_notebooks
 
 QUICK = {"quick": True, "device": "cpu"}
 MAX_NOTEBOOK_BYTES = 100 * 2**20  # an executed notebook larger than this is not kept in the grading output
@@ -172,6 +172,15 @@ def papermill_parameters(reference: Path, extra: dict[str, Any]) -> list[str]:
     return args
 
 
+def papermill_command(notebook: str, executed: str, work: Path, reference: Path, timeout_s: float,
+                      extra: dict[str, Any]) -> list[str]:
+    """The command that runs ``notebook`` (in ``work``) in quick mode and writes ``executed``; papermill
+    interrupts any cell that runs longer than ``timeout_s``."""
+    return [sys.executable, "-m", "papermill", notebook, executed, "--cwd", str(work), "--kernel", "python3",
+            "--no-progress-bar", "--execution-timeout", str(max(1, int(timeout_s))),
+            *papermill_parameters(reference, extra)]
+
+
 def symlinks_in(folder: Path) -> list[str]:
     """Symbolic links anywhere in ``folder`` (relative paths), without following any."""
     found = []
@@ -259,9 +268,7 @@ def run_one(student_dir: Path, reference: Path, out_dir: Path, sandbox: sb.Sandb
         if shared is not None:
             seed_runs(shared, work)
         executed = work / f".executed-{name}"
-        command = [sys.executable, "-m", "papermill", name, executed.name, "--cwd", str(work), "--kernel", "python3",
-                   "--no-progress-bar", "--execution-timeout", str(max(1, int(timeout_s))),
-                   *papermill_parameters(reference, extra_parameters)]
+        command = papermill_command(name, executed.name, work, reference, timeout_s, extra_parameters)
         done = sb.run(command, work, sandbox, dataclasses.replace(limits, timeout_s=timeout_s + 30), hide=hide)
         result.wall_s = round(done.seconds, 1)
         cell, error = _first_error(executed) if executed.is_file() else (None, "")
@@ -365,13 +372,10 @@ def runs_folder(reference: Path) -> str | None:
     return parts[0]
 
 
-def shared_runs(reference: Path, out_dir: Path, sandbox: sb.Sandbox, limits: sb.Limits, hide: list[Path],
-                extra_parameters: dict[str, Any]) -> tuple[Path | None, str]:
-    """Run the reference notebook once as the students' copies are run; returns its runs folder, kept in
-    ``out_dir/.shared-runs/NN/`` (None and why when the notebook does not train or its run failed)."""
-    folder = runs_folder(reference)
-    if folder is None:
-        return None, "the notebook trains no run"
+def shared_runs(reference: Path, folder: str, out_dir: Path, sandbox: sb.Sandbox, limits: sb.Limits,
+                hide: list[Path], extra_parameters: dict[str, Any]) -> tuple[Path | None, str]:
+    """Run the reference notebook once as the students' copies are run; returns its runs folder ``folder``
+    (:func:`runs_folder`), kept in ``out_dir/.shared-runs/NN/`` (None and why when the run failed)."""
     keep = out_dir / ".shared-runs" / reference.name[:2]
     if keep.exists():
         shutil.rmtree(keep)  # the grader's own folder, from an earlier grading
@@ -379,9 +383,8 @@ def shared_runs(reference: Path, out_dir: Path, sandbox: sb.Sandbox, limits: sb.
         work = Path(tmp) / "work"
         work.mkdir()
         shutil.copyfile(reference, work / reference.name)
-        command = [sys.executable, "-m", "papermill", reference.name, ".executed.ipynb", "--cwd", str(work),
-                   "--kernel", "python3", "--no-progress-bar", "--execution-timeout", str(max(1, int(limits.timeout_s))),
-                   *papermill_parameters(reference, extra_parameters)]
+        command = papermill_command(reference.name, ".executed.ipynb", work, reference, limits.timeout_s,
+                                    extra_parameters)
         start = time.perf_counter()
         done = sb.run(command, work, sandbox, dataclasses.replace(limits, timeout_s=limits.timeout_s + 30), hide=hide)
         runs = work / folder
@@ -407,7 +410,7 @@ def export_student_pdf(student: str, out_dir: Path, sandbox: sb.Sandbox, limits:
                        hide: list[Path]) -> str:
     """Export ``out_dir/student``'s executed notebooks to ``answers.pdf`` inside the sandbox; '' or an error."""
     folder = out_dir / student
-    notebooks = sorted(folder.glob("[0-9][0-9]_*.ipynb")) if folder.is_dir() else []
+    notebooks = numbered_notebooks(folder) if folder.is_dir() else []
     if not notebooks:
         return "no executed notebook to export"
     with tempfile.TemporaryDirectory(prefix="coursekit-pdf-") as tmp:
@@ -450,7 +453,7 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
     submissions, out, reference_dir = Path(submissions).resolve(), Path(out).resolve(), Path(reference_dir).resolve()
     if not submissions.is_dir():
         raise GradeError(f"{submissions} is not a folder of submissions")
-    references = course = sorted(reference_dir.glob("[0-9][0-9]_*.ipynb"))
+    references = course = numbered_notebooks(reference_dir)
     if notebooks:
         unknown = sorted(set(notebooks) - {p.name for p in references})
         if unknown:
@@ -479,10 +482,11 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
     for line in collected.problems:
         print(f"shape problem: {line}", flush=True)
     start = time.perf_counter()
-    training = [r for r in references if share_runs and runs_folder(r) is not None]
+    # the notebooks that train, and the folder each keeps its runs in
+    training = {r: folder for r in references if share_runs and (folder := runs_folder(r)) is not None}
 
     def reference_run(reference: Path) -> Path | None:
-        folder, note = shared_runs(reference, out, sandbox, limits, hide, extra_parameters or {})
+        folder, note = shared_runs(reference, training[reference], out, sandbox, limits, hide, extra_parameters or {})
         print(f"{reference.name}: {note}", flush=True)
         return folder
 

@@ -27,26 +27,27 @@ class ParameterError(ValueError):
     """A notebook parameter has a value the notebook cannot use."""
 
 
-def _fail(name: str, value: Any, what: str) -> NoReturn:
+def fail(name: str, value: Any, what: str) -> NoReturn:
+    """Refuse the notebook parameter ``name``: ``what`` says what it must be, and so how to fix it."""
     raise ParameterError(f"bad notebook parameter {name}={value!r} ({type(value).__name__}): {what}")
 
 
 def boolean(name: str, value: Any) -> bool:
     """``value`` if it is a real bool (papermill's ``-p quick True`` gives one; ``"yes"`` or 1 do not count)."""
     if not isinstance(value, bool):
-        _fail(name, value, f"must be True or False (with papermill: -p {name} True)")
+        fail(name, value, f"must be True or False (with papermill: -p {name} True)")
     return value
 
 
 def integer(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
     """``value`` as an int within [minimum, maximum] (either bound may be None); bools are refused."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        _fail(name, value, "must be an integer")
+        fail(name, value, "must be an integer")
     value = int(value)
     if minimum is not None and value < minimum:
-        _fail(name, value, f"must be an integer >= {minimum}")
+        fail(name, value, f"must be an integer >= {minimum}")
     if maximum is not None and value > maximum:
-        _fail(name, value, f"must be an integer <= {maximum}")
+        fail(name, value, f"must be an integer <= {maximum}")
     return value
 
 
@@ -58,36 +59,36 @@ def positive_int(name: str, value: Any) -> int:
 def real(name: str, value: Any, minimum: float | None = None, maximum: float | None = None) -> float:
     """``value`` as a float within [minimum, maximum]; ints are accepted, bools and strings are not."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
-        _fail(name, value, "must be a number")
+        fail(name, value, "must be a number")
     value = float(value)
     if minimum is not None and value < minimum:
-        _fail(name, value, f"must be >= {minimum}")
+        fail(name, value, f"must be >= {minimum}")
     if maximum is not None and value > maximum:
-        _fail(name, value, f"must be <= {maximum}")
+        fail(name, value, f"must be <= {maximum}")
     return value
 
 
 def one_of(name: str, value: Any, choices: Sequence[str]) -> str:
     """``value`` if it is one of ``choices``."""
     if not isinstance(value, str) or value not in choices:
-        _fail(name, value, f"valid values: {', '.join(map(repr, choices))}")
+        fail(name, value, f"valid values: {', '.join(map(repr, choices))}")
     return value
 
 
 def directory(name: str, value: Any) -> Path:
     """``value`` as a folder to write into, created if missing."""
     if not isinstance(value, (str, Path)) or not str(value).strip():
-        _fail(name, value, "must be a folder path, e.g. '.'")
+        fail(name, value, "must be a folder path, e.g. '.'")
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
-        _fail(name, value, "is a file, not a folder")
+        fail(name, value, "is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         problem = f"cannot create it: {err.strerror}"
     else:
         return path
-    _fail(name, value, problem)
+    fail(name, value, problem)
 
 
 def set_cpu_threads(quick: bool) -> int:
@@ -162,13 +163,13 @@ def check(*, device: Any = "auto", quick: Any = False, seed: Any = 0) -> torch.d
     """
     _check_no_unknown_parameters()
     if not isinstance(device, (str, torch.device)):
-        _fail("device", device, f"must be a string; valid: {', '.join(DEVICE_CHOICES)}")
+        fail("device", device, f"must be a string; valid: {', '.join(DEVICE_CHOICES)}")
     try:
         resolved, problem = resolve_device(device), None
     except ValueError as err:
         resolved, problem = None, str(err)
     if problem is not None:
-        _fail("device", device, problem)
+        fail("device", device, problem)
     boolean("quick", quick)
     integer("seed", seed, minimum=0)
     return resolved

@@ -25,7 +25,7 @@ import nbformat
 
 from . import questions as Q
 from .exercises import is_exercise_cell, label
-from . import REPO
+from . import REPO, numbered_notebooks
 
 NOTEBOOKS = REPO / "notebooks"
 MIN_LEAK_CHARS = 12  # answer lines shorter than this ("# (a)", "# Yes.") are too generic to count as a leak
@@ -147,7 +147,7 @@ def leaked_answer_lines(release_dir: str | Path, notebooks: list[Path] | None = 
 
 
 def course_notebooks(directory: Path = NOTEBOOKS) -> list[Path]:
-    found = sorted(Path(directory).glob("[0-9][0-9]_*.ipynb"))
+    found = numbered_notebooks(directory)
     if not found:
         raise ReleaseError(f"no course notebooks (NN_*.ipynb) in {directory}")
     return found

@@ -21,7 +21,7 @@ import numbers
 from pathlib import Path
 from typing import Any, Mapping
 
-from diffusion_lib.checkpoint import atomic_write_text
+from diffusion_lib.atomic import atomic_write_text
 
 
 def results_path(notebook: str, directory: str | Path = ".") -> Path:

@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
-from diffusion_lib.checkpoint import CheckpointError, load_component, load_into, sha256_file
+from diffusion_lib.atomic import CheckpointError, sha256_file
+
+from diffusion_lib.checkpoint import load_component, load_into
 from diffusion_lib.denoiser import Denoiser, DenoiserConfig
 from diffusion_lib.train import TrainConfig, train
 from diffusion_lib.train_state import DENOISER, LOG_FILE, SNAPSHOT_PATTERN, STATE, VAE

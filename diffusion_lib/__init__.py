@@ -22,7 +22,12 @@ Using and training them:
 
 * ``pipeline``         - text -> image, end to end
 * ``evaluator``        - FID-FMNIST, KID and accuracy of generated images, beside the real-data floor
-* ``train``            - the denoiser's trainer (exact resume, torchrun)
+* ``train``            - the denoiser's trainer: the loss, the step, the epoch, the loop
+* ``train_config``     - a training run's settings, and the model they describe
+* ``train_state``      - a run's files after each epoch, and how ``--resume`` reads them back
+* ``distributed``      - several processes (torchrun): the process group, each rank's slice
+* ``train_cli``        - the trainer's command line
+* ``lr_schedule``      - the learning rate: warm-up, then cosine
 * ``train_vae``        - the autoencoder's trainer
 * ``train_classifier`` - the judge classifier's trainer
 * ``sampling_job``     - large sampling jobs streamed to disk
@@ -33,7 +38,8 @@ Around them:
 
 * ``data``             - Fashion-MNIST / MNIST loading, model-space conversions
 * ``device``           - device choice (CUDA, MPS, CPU) and what depends on it
-* ``checkpoint``       - safetensors + JSON + SHA256SUMS, atomic writes
+* ``checkpoint``       - a component: safetensors + JSON, checked against SHA256SUMS
+* ``atomic``           - crash-safe writes: files and their SHA256SUMS replaced as one unit
 * ``checks``           - argument checks with messages that name the fix
 * ``__main__``         - the command line
 """

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from .checkpoint import CheckpointError
+from .atomic import CheckpointError
 
 SMALL_SAMPLE = 1000  # evaluate warns below this many images
 
@@ -211,7 +211,7 @@ def cmd_evaluate(args) -> int:
     autoencoder_floor = evaluator.autoencoder_floor(pipe.vae, n=n) if args.autoencoder_floor else None
     print(format_table(rows, floor, autoencoder_floor))
     if args.json:
-        from .checkpoint import atomic_write_text
+        from .atomic import atomic_write_text
 
         result = {"checkpoint": args.checkpoint, "denoiser": args.denoiser, "real_floor": floor, "results": rows}
         if autoencoder_floor:
@@ -237,7 +237,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_checksums(args) -> int:
-    from .checkpoint import update_checksums
+    from .atomic import update_checksums
 
     directory = Path(args.directory)
     if not directory.is_dir():

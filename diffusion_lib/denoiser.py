@@ -23,7 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, config_from_file, load_component, load_into, save_component, sha256_file
+from .atomic import CheckpointError, sha256_file
+
+from .checkpoint import config_from_file, load_component, load_into, save_component
 from .checks import config_from_dict
 from .text_encoder import PromptEncoder, PromptEncoderConfig, Tokenizer
 from .unet import UNet, UNetConfig

@@ -41,7 +41,7 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int, upscale: int = 2) -> Path:
     """Write a PNG grid of uint8 images (N, 28, 28), ``nrow`` per row (atomically: the old file or the new one)."""
-    from .checkpoint import atomic_write_bytes
+    from .atomic import atomic_write_bytes
 
     path = Path(path)
     atomic_write_bytes(path, encode_png(image_grid(images, nrow, upscale=upscale)))

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_bytes
+from .atomic import atomic_write_bytes
 from .device import synchronize
 
 SUFFIXES = (".png", ".npz")

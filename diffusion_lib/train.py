@@ -83,7 +83,7 @@ import torch
 import torch.nn as nn
 
 from .autoencoder import load_autoencoder
-from .checkpoint import recover, sha256_file
+from .atomic import recover, sha256_file
 from .data import load_split, to_model_space
 from .denoiser import Denoiser, DenoiserConfig
 from .device import (accumulator_dtype, autocast_dtype, default_channels_last, fused_optimizer,

@@ -16,7 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import check_output_folder, commit_files, component_files, jsonl_bytes
+from .atomic import commit_files
+
+from .checkpoint import check_output_folder, component_files, jsonl_bytes
 from .classifier import COMPONENT, ClassifierConfig, FashionClassifier, predict
 from .data import load_split
 from .device import resolve_device

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointError
+from .atomic import CheckpointError
 from .data import DATASETS
 from .denoiser import AUTOENCODER_SHA256, PREDICTION_TYPES
 from .train import TrainConfig, TrainingError, train

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
-from .checkpoint import (CheckpointError, commit_files, component_files, jsonl_bytes, load_component, load_into,
-                         sha256_file)
+from .atomic import CheckpointError, commit_files, sha256_file
+
+from .checkpoint import component_files, jsonl_bytes, load_component, load_into
 from .denoiser import AUTOENCODER_SHA256
 
 if TYPE_CHECKING:

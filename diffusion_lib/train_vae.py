@@ -48,7 +48,8 @@ from .autoencoder import (
     reconstruction_psnr,
     vae_loss,
 )
-from .checkpoint import check_output_folder, commit_files, component_files, jsonl_bytes
+from .atomic import commit_files
+from .checkpoint import check_output_folder, component_files, jsonl_bytes
 from .data import ImageSet, load_split
 from .device import accumulator_dtype
 from .lr_schedule import warmup_cosine

@@ -18,7 +18,7 @@ from diffusion_lib.autoencoder import (
     reconstruction_psnr,
     vae_loss,
 )
-from diffusion_lib.checkpoint import CheckpointError
+from diffusion_lib.atomic import CheckpointError
 from diffusion_lib.data import load_split
 from diffusion_lib.train_vae import train_vae
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion_lib.checkpoint import update_checksums
+from diffusion_lib.atomic import update_checksums
 from diffusion_lib.pipeline import Pipeline
 from diffusion_lib.samplers import SamplingError, sample
 from diffusion_lib.schedules import NoiseSchedule

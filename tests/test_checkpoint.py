@@ -6,14 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_lib.checkpoint import (
-    CheckpointError,
-    load_component,
-    load_into,
-    read_checksums,
-    save_component,
-    sha256_file,
-)
+from diffusion_lib.atomic import CheckpointError, read_checksums, sha256_file
+
+from diffusion_lib.checkpoint import load_component, load_into, save_component
 
 
 def small_net(width=4):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from diffusion_lib.checkpoint import JOURNAL, LOCK, STAGED_SUFFIX, read_checksums, sha256_file
+from diffusion_lib.atomic import JOURNAL, LOCK, STAGED_SUFFIX, read_checksums, sha256_file
 from diffusion_lib.pipeline import Pipeline
 from diffusion_lib.train import TrainConfig, train
 
@@ -37,7 +37,7 @@ DETERMINISTIC = ("denoiser.safetensors", "denoiser.json", "train_state.safetenso
 # the child: train with write_point replaced by a counter that kills the process at point KILL_AT
 CHILD = r"""
 import json, os, signal, sys
-import diffusion_lib.checkpoint as checkpoint
+import diffusion_lib.atomic as atomic
 from diffusion_lib.train import TrainConfig, train
 
 settings, kill_at, log = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -51,7 +51,7 @@ def write_point(label):
     if count == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
 
-checkpoint.write_point = write_point
+atomic.write_point = write_point
 settings["snapshot_epochs"] = tuple(settings["snapshot_epochs"])
 train(TrainConfig(**settings))
 """
@@ -124,20 +124,20 @@ def test_a_failed_write_keeps_the_last_epoch(vae_dir, tmp_path, monkeypatch):
     """A full disk (EFBIG here) while saving epoch 2: a clear error, and epoch 1 stays whole and loadable."""
     import errno
 
-    import diffusion_lib.checkpoint as checkpoint
+    import diffusion_lib.atomic as atomic
     from diffusion_lib.train import TrainingError
 
     run = tmp_path / "run"
     train(to_config(config(run, vae_dir, epochs=1)))
     epoch1 = snapshot(run)
-    real = checkpoint._write_synced
+    real = atomic._write_synced
 
     def fail_on_state(path, data):
         if "train_state.safetensors" in path.name:
             raise OSError(errno.EFBIG, "File too large")
         real(path, data)
 
-    monkeypatch.setattr(checkpoint, "_write_synced", fail_on_state)
+    monkeypatch.setattr(atomic, "_write_synced", fail_on_state)
     with pytest.raises(TrainingError, match=r"could not write the checkpoint of epoch 2 .*File too large.*the "
                                             r"checkpoint of epoch 1 was kept.*--resume"):
         train(to_config(config(run, vae_dir, resume=True)))

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from diffusion_lib.autoencoder import AutoencoderConfig, AutoencoderKL
-from diffusion_lib.checkpoint import CheckpointError, save_component
+from diffusion_lib.atomic import CheckpointError
+from diffusion_lib.checkpoint import save_component
 from diffusion_lib.denoiser import Denoiser, default_denoiser_config, save_denoiser
 from diffusion_lib.pipeline import Pipeline
 from helpers import randomize_zero_inits

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from diffusion_lib.checkpoint import read_checksums, sha256_file
+from diffusion_lib.atomic import read_checksums, sha256_file
 from diffusion_lib.evaluator import Evaluator
 from diffusion_lib.pipeline import Pipeline
 

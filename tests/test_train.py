@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 from diffusion_lib import train as train_module
 from diffusion_lib import train_cli
 from diffusion_lib.autoencoder import AutoencoderConfig, AutoencoderKL, load_autoencoder
-from diffusion_lib.checkpoint import load_component, read_checksums, save_component, verify_file
+from diffusion_lib.atomic import read_checksums
+from diffusion_lib.checkpoint import load_component, save_component, verify_file
 from diffusion_lib.denoiser import Denoiser, load_denoiser
 from diffusion_lib.distributed import shard
 from diffusion_lib.train import EMA, TrainConfig, TrainingError, build_denoiser_config, learning_rate, steps_per_epoch, train

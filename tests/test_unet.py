@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion_lib.attention import SpatialTransformer, attention_map_images, record_attention
-from diffusion_lib.checkpoint import CheckpointError, update_checksums
+from diffusion_lib.atomic import CheckpointError, update_checksums
 from diffusion_lib.denoiser import (
     Denoiser,
     DenoiserConfig,
