@@ -138,10 +138,6 @@ def cmd_train(args) -> int:
     return run_from_args(args)
 
 
-def _class_prompts(pipe) -> list[str]:
-    return list(pipe.class_names)
-
-
 def check_sampling_args(args) -> None:
     """The sampling options, checked (with the names the user typed) before anything is loaded."""
     from . import checks
@@ -173,7 +169,7 @@ def cmd_sample(args) -> int:
     if not args.max_hours > 0 or args.max_hours == float("inf"):  # NaN fails the first test
         raise ValueError(f"--max-hours must be a finite number > 0, got {args.max_hours}")
     pipe = Pipeline.from_pretrained(args.checkpoint, args.device, args.denoiser)
-    prompts = _class_prompts(pipe) if args.all_classes else args.prompt
+    prompts = list(pipe.class_names) if args.all_classes else args.prompt
     pipe.check_request(prompts, num_images=args.num_images, num_inference_steps=args.steps, sampler=args.sampler,
                        guidance_scale=args.guidance, eta=args.eta, timestep_spacing=args.spacing)
     png = out.suffix.lower() == ".png"
@@ -190,6 +186,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from .data import TRAIN_IMAGES
     from .evaluator import Evaluator, format_table, run_evaluation
     from .pipeline import Pipeline
 
@@ -202,7 +199,7 @@ def cmd_evaluate(args) -> int:
     rows = [run_evaluation(pipe, evaluator, args.num_images, g, args.steps, args.sampler, args.seed, args.eta,
                            args.spacing, not args.no_progress, args.batch_size) for g in args.guidance]
     # the floor at the same number of images: FID is biased upwards for small samples
-    n = min(rows[0]["num_images"], 60000)
+    n = min(rows[0]["num_images"], TRAIN_IMAGES)
     if n < SMALL_SAMPLE:
         print(f"note: {n} images are too few for a stable FID or KID (each is biased and noisy below ~"
               f"{SMALL_SAMPLE}); compare only with the floor measured at the same number, as below.", file=sys.stderr)

@@ -51,6 +51,7 @@ DATASETS = tuple(DEBIAN_PATHS)
 SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 IMAGE_SIZE = 32  # model-space size after padding
 PAD = 2  # (32 - 28) / 2
+TRAIN_IMAGES = 60_000  # the training split's size (Fashion-MNIST and MNIST alike)
 
 
 class DataNotFoundError(FileNotFoundError):

@@ -30,6 +30,9 @@ from .data import ImageSet, load_split, to_model_space
 from .device import resolve_device
 from .metrics import conditional_accuracy, frechet_distance, gaussian_statistics, kid_from_features
 
+# model space is [-1, 1] and samplers overshoot it a little; floats beyond this are pixels 0..255 passed by mistake
+MODEL_SPACE_OVERSHOOT = 2.0
+
 
 def as_model_space(images) -> torch.Tensor:
     """Accept uint8 pixels (N, 28, 28) or model-space floats (N, 1, 32, 32); return the latter.
@@ -52,7 +55,7 @@ def as_model_space(images) -> torch.Tensor:
                 f"float images must be model-space (N, 1, 32, 32) in [-1, 1]; got shape {tuple(images.shape)}. "
                 "Pass uint8 pixels (N, 28, 28) instead, or pad with diffusion_lib.data.to_model_space."
             )
-        if images.numel() and images.max() > 2.0:
+        if images.numel() and images.max() > MODEL_SPACE_OVERSHOOT:
             raise ValueError(
                 f"float images reach {images.max().item():.1f}, but model space is [-1, 1]. Pixel values 0..255 "
                 "should be passed as uint8 (N, 28, 28); floats in [0, 1] as 2 * x - 1."

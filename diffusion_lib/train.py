@@ -227,7 +227,7 @@ class Trainer:
         self.config = config
         self.dist = dist or Distributed()
         self.out_dir, self.vae_dir = Path(config.out_dir), Path(config.vae_dir)
-        self.show = config.progress and self.dist.is_main  # progress bars and messages: rank 0 only
+        self.show_progress = config.progress and self.dist.is_main  # progress bars and messages: rank 0 only
         self._open_out_dir()
         saved = read_saved_run(self.out_dir) if config.resume else None
         self.model_config = self._model_config(saved)
@@ -275,7 +275,7 @@ class Trainer:
         if config.limit is not None:
             images = images.subset(config.limit)
         self.class_names = images.class_names
-        self.latents = encode_latents(vae, images.images, self.device, progress=self.show)  # (N, C, h, w)
+        self.latents = encode_latents(vae, images.images, self.device, progress=self.show_progress)  # (N, C, h, w)
         self.labels = images.labels.to(self.device)  # (N,)
 
     def _build_model(self) -> None:
@@ -292,20 +292,23 @@ class Trainer:
         self.prompts = prompt_table(self.model.tokenizer, self.class_names).to(self.device)  # (C * K + 1, L)
 
     def _place(self) -> None:
-        """Memory order, compilation and the multi-process wrapper; ``train_model`` is what the step calls."""
+        """Memory order, compilation and the multi-process wrapper.
+
+        ``ddp_model`` is what the step calls: the model under DistributedDataParallel, or the model
+        itself in a single process (nanoGPT's ``model`` / ``raw_model`` pair, named the other way round)."""
         config = self.config
         if default_channels_last(self.device) if config.channels_last is None else config.channels_last:
             # the same numbers in another memory order: (B, C, H, W) stored as (B, H, W, C)
             self.model.to(memory_format=torch.channels_last)
             self.latents = self.latents.contiguous(memory_format=torch.channels_last)
-        self.train_model: nn.Module = self.model
+        self.ddp_model: nn.Module = self.model
         if config.compile:
             self.model.compile()
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
 
     def _model_config(self, saved: tuple[dict, dict] | None) -> DenoiserConfig:
         """The saved run's model (checked against any model options), or a new one."""
@@ -358,7 +361,7 @@ class Trainer:
         # 3. classifier-free guidance training: c <- "" (the table's last row) with probability p_drop
         prompt = torch.where(drop, len(self.prompts) - 1, prompt)
         # 4. the denoising loss of each example
-        per_example = denoising_loss(self.train_model, self.schedule, z0, t, noise, self.prompts, prompt,
+        per_example = denoising_loss(self.ddp_model, self.schedule, z0, t, noise, self.prompts, prompt,
                                      self.model_config.prediction_type)
         # L = mean over the GLOBAL batch; DDP averages the ranks' gradients, hence * world_size
         loss = per_example.sum() * (self.dist.world_size / n)
@@ -386,7 +389,7 @@ class Trainer:
         bad = torch.zeros((), device=device)
         checked = self.step
         perm = torch.randperm(len(self.latents), generator=self.generator, device=device)
-        bar = _progress(range(self.steps_per_epoch), self.show, desc=f"epoch {self.epoch}/{self.config.epochs}",
+        bar = _progress(range(self.steps_per_epoch), self.show_progress, desc=f"epoch {self.epoch}/{self.config.epochs}",
                         unit="step", dynamic_ncols=True)
         for i in bar:
             losses, grad_norm = self.train_step(perm[i * batch : (i + 1) * batch])
@@ -396,9 +399,9 @@ class Trainer:
             if self.step % self.check_every == 0 or i == self.steps_per_epoch - 1:
                 self._stop_if_not_finite(bad, checked)
                 checked = self.step
-                if self.show:
+                if self.show_progress:
                     bar.set_postfix(loss=f"{(loss_sum / count).item():.4f}", lr=f"{self.lr:.2e}")
-        if self.show:
+        if self.show_progress:
             bar.close()
         synchronize(device)
         wall = time.perf_counter() - start
@@ -437,7 +440,7 @@ class Trainer:
                 self.history.append(metrics)
                 if self.dist.is_main:
                     save_epoch(self)
-                    if self.show:
+                    if self.show_progress:
                         print(f"epoch {self.epoch}: loss {metrics['loss']:.4f}, "
                               f"{metrics['images_per_s']:.0f} images/s, {metrics['wall_s']:.1f} s", flush=True)
         except KeyboardInterrupt:

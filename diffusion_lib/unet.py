@@ -195,8 +195,7 @@ class UNet(nn.Module):
     """Noise predictor ``eps_theta(x_t, t, c)``.
 
     Set ``unet.skip_scale`` (default 1.0) to scale every skip connection, e.g.
-    ``0.0`` (or ``unet.skip_connections_enabled = False``) replaces the skip
-    tensors by zeros to show what the decoder loses without them.
+    ``0.0`` replaces the skip tensors by zeros to show what the decoder loses without them.
     """
 
     def __init__(self, config: UNetConfig):
@@ -254,14 +253,6 @@ class UNet(nn.Module):
         # a fresh U-Net predicts 0, the mean of the noise
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
-
-    @property
-    def skip_connections_enabled(self) -> bool:
-        return self.skip_scale != 0.0
-
-    @skip_connections_enabled.setter
-    def skip_connections_enabled(self, enabled: bool) -> None:
-        self.skip_scale = 1.0 if enabled else 0.0
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """

@@ -21,6 +21,16 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "notebook: executes a notebook with papermill")
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run thousands of tiny ops: a second thread gains nothing, and on a busy machine the
+    threads wait on each other (on a busy 2-core machine two threads made one test ten times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def vae_dir(tmp_path_factory) -> Path:
     """A small, untrained autoencoder saved as vae.safetensors + vae.json (random weights do for trainer tests)."""

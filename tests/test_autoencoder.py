@@ -135,16 +135,6 @@ def test_vae_loss_terms():
     assert loss.item() == pytest.approx(0.5 + 2.0 / 16)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run thousands of tiny ops; with one thread they do not wait on each other
-    (on a busy 2-core machine two threads made this test ten times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_overfits_a_batch_of_16(one_thread):
     images = load_split("test").subset(16).model_space()
     vae = small_vae()

@@ -15,19 +15,9 @@ from safetensors.torch import load_file
 
 from coursekit import runs
 from diffusion_lib.denoiser import load_denoiser
-from diffusion_lib.train import TrainConfig
+from helpers import tiny_run
 
-TINY_UNET = {"base_channels": 8, "channel_mult": [1, 2], "attention_levels": [1], "num_heads": 2, "norm_groups": 4,
-             "ff_mult": 1}
-TINY_PROMPT = {"dim": 16, "num_heads": 2}
-
-
-def tiny(out_dir: Path, vae_dir: Path, **overrides) -> TrainConfig:
-    settings = dict(out_dir=str(out_dir), epochs=1, batch_size=32, limit=128, vae_dir=str(vae_dir), warmup_steps=3,
-                    unet=dict(TINY_UNET), prompt=dict(TINY_PROMPT), snapshot_epochs=(1, 2), progress=False,
-                    device="cpu", num_threads=1)
-    settings.update(overrides)
-    return TrainConfig(**settings)
+tiny = tiny_run  # a one-epoch run of the tiny denoiser
 
 
 def weights(directory: Path, name: str = "denoiser") -> dict[str, torch.Tensor]:

@@ -29,19 +29,16 @@ from diffusion_lib.distributed import shard
 from diffusion_lib.train import EMA, TrainConfig, TrainingError, build_denoiser_config, learning_rate, steps_per_epoch, train
 from diffusion_lib.train_cli import add_train_arguments, config_from_args
 
+import helpers
+
 REPO = Path(__file__).resolve().parents[1]
-TINY_UNET = {"base_channels": 8, "channel_mult": [1, 2], "attention_levels": [1], "num_heads": 2, "norm_groups": 4, "ff_mult": 1, "dropout": 0.1}
-TINY_PROMPT = {"dim": 16, "num_heads": 2}
+# with dropout, so that exact resume covers the dropout layers' random masks (torch's global RNG)
+TINY_UNET = {**helpers.TINY_UNET, "dropout": 0.1}
 
 
 def tiny(out_dir: Path, vae_dir: Path, **overrides) -> TrainConfig:
-    settings = dict(
-        out_dir=str(out_dir), epochs=2, batch_size=32, limit=128, vae_dir=str(vae_dir), warmup_steps=3,
-        cond_drop_prob=0.25, unet=dict(TINY_UNET), prompt=dict(TINY_PROMPT), snapshot_epochs=(1, 2, 5),
-        progress=False, device="cpu", num_threads=1,
-    )
-    settings.update(overrides)
-    return TrainConfig(**settings)
+    settings = dict(epochs=2, cond_drop_prob=0.25, unet=dict(TINY_UNET), snapshot_epochs=(1, 2, 5))
+    return helpers.tiny_run(out_dir, vae_dir, **{**settings, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,8 @@ from diffusion_lib.unet import UNet, UNetConfig, timestep_embedding
 from helpers import randomize_zero_inits
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These batches are tiny: a second thread gains nothing, and on a busy machine the threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# these batches are tiny: one thread each (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +120,15 @@ def test_cutting_skip_connections_changes_the_output(denoiser):
     unet = denoiser.unet
     with torch.no_grad():
         with_skips = denoiser(x, t, tokens)
-        unet.skip_connections_enabled = False
-        assert unet.skip_scale == 0.0
+        unet.skip_scale = 0.0  # every skip tensor replaced by zeros
         without = denoiser(x, t, tokens)
-        unet.skip_connections_enabled = True
+        unet.skip_scale = 0.5
+        halved = denoiser(x, t, tokens)
+        unet.skip_scale = 1.0
         again = denoiser(x, t, tokens)
     assert without.shape == x.shape
     assert not torch.allclose(with_skips, without, atol=1e-4)
+    assert not torch.allclose(halved, without, atol=1e-4) and not torch.allclose(halved, with_skips, atol=1e-4)
     torch.testing.assert_close(again, with_skips)
 
 
