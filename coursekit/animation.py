@@ -20,14 +20,14 @@ from typing import Mapping, Sequence
 
 import torch
 
-from diffusion_lib.data import to_pixels
+from diffusion_lib.data import as_pixels
 from diffusion_lib.plotting import image_grid
 
 
 def _grid(images: torch.Tensor, nrow: int, upscale: int):
     """uint8 grid of model-space floats (N, 1, H, W) in [-1, 1] (clipped; 32x32 cropped to 28x28) or uint8 (N, H, W)."""
     images = images.detach().cpu()
-    pixels = images if images.dtype == torch.uint8 else to_pixels(images.float())
+    pixels = as_pixels(images)
     return image_grid(pixels, nrow, upscale=upscale)
 
 

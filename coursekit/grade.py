@@ -59,6 +59,8 @@ from . import REPO, numbered_notebooks
 
 QUICK = {"quick": True, "device": "cpu"}
 MAX_NOTEBOOK_BYTES = 100 * 2**20  # an executed notebook larger than this is not kept in the grading output
+MAX_ERROR_CHARS = 500  # an error message in the gradebook (a student's traceback can be megabytes)
+MAX_RESULTS_CHARS = 1_000_000  # a student's results_NN.json read and kept (written by their kernel: untrusted)
 
 
 class GradeError(ValueError):
@@ -143,13 +145,13 @@ def _first_error(executed: Path) -> tuple[int | None, str]:
     for i, cell in enumerate(students_cells):
         for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
             if output.get("output_type") == "error":
-                return i, f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"[:500]
+                return i, f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"[:MAX_ERROR_CHARS]
     return None, ""
 
 
 def _tail(text: str, lines: int = 3) -> str:
     kept = [line for line in text.strip().splitlines() if line.strip()]
-    return " | ".join(kept[-lines:])[:500]
+    return " | ".join(kept[-lines:])[:MAX_ERROR_CHARS]
 
 
 def _scalars(values: Any) -> dict[str, Any]:
@@ -197,7 +199,7 @@ def read_student_notebook(source: Path) -> tuple[Any, str]:
         text = source.read_text(encoding="utf-8")
         nb = json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return None, f"not a notebook (not JSON: {err})"[:300]
+        return None, f"not a notebook (not JSON: {err})"[:MAX_ERROR_CHARS]
     if not isinstance(nb, dict):
         return None, "not a notebook (the JSON is not an object)"
     version = nb.get("nbformat")
@@ -290,9 +292,9 @@ def run_one(student_dir: Path, reference: Path, out_dir: Path, sandbox: sb.Sandb
         results_file = work / f"results_{name[:2]}.json"
         if results_file.is_file() and not results_file.is_symlink():
             try:
-                payload = json.loads(results_file.read_text()[:1_000_000])
+                payload = json.loads(results_file.read_text()[:MAX_RESULTS_CHARS])
                 result.values = _scalars(payload.get("values") if isinstance(payload, dict) else None)
-                (target / results_file.name).write_text(json.dumps(payload, indent=2)[:1_000_000])
+                (target / results_file.name).write_text(json.dumps(payload, indent=2)[:MAX_RESULTS_CHARS])
             except (json.JSONDecodeError, UnicodeDecodeError):
                 result.values = {"error": "results file is not valid JSON"}
         if executed.is_file() and not executed.is_symlink():
@@ -497,7 +499,7 @@ def grade(submissions: str | Path, out: str | Path, reference_dir: str | Path = 
             shared = pending[reference.name].result() if reference.name in pending else None
             res = run_one(student_dir, reference, out, sandbox, limits, hide, extra_parameters or {}, shared)
         except Exception as err:  # noqa: BLE001 - the grader's own failure on one run must not stop the batch
-            res = NotebookResult(student_dir.name, reference.name, "failed", error=f"grader error: {err!r}"[:500])
+            res = NotebookResult(student_dir.name, reference.name, "failed", error=f"grader error: {err!r}"[:MAX_ERROR_CHARS])
         if progress:
             print(f"{res.student:<20} {res.notebook:<40} {res.status:<8} {res.answered}/{res.questions} answered, "
                   f"{res.wall_s} s" + (f"  {res.error[:100]}" if res.error else ""), flush=True)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-from diffusion_lib.data import to_pixels
+from diffusion_lib.data import as_pixels
 from diffusion_lib.plotting import image_grid
 
 
@@ -80,7 +80,7 @@ def images(ax, x: torch.Tensor, nrow: int, title: str | None = None, upscale: in
     :param x: model space (N, 1, H, W) floats in [-1, 1] (clipped; 32x32 is cropped to 28x28), or uint8 (N, H, W)
     """
     x = x.detach().cpu()
-    pixels = x if x.dtype == torch.uint8 else to_pixels(x.float())
+    pixels = as_pixels(x)
     ax.imshow(image_grid(pixels, nrow, upscale=upscale), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.set_axis_off()
     if title:

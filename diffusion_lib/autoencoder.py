@@ -329,7 +329,7 @@ def _model_device(vae: nn.Module) -> torch.device:
     return next(vae.parameters()).device
 
 
-def _as_model_space(images) -> torch.Tensor:
+def _model_space_batch(images) -> torch.Tensor:
     """Accept an ImageSet, uint8 (N, 28, 28) pixels, or float (N, 1, H, W) model-space images."""
     from .data import to_model_space
 
@@ -350,7 +350,7 @@ def reconstruct(vae: AutoencoderKL, imageset, batch_size: int = 500) -> torch.Te
     """
     from .data import to_pixels
 
-    x = _as_model_space(imageset)
+    x = _model_space_batch(imageset)
     device = _model_device(vae)
     was_training = vae.training
     vae.eval()
@@ -371,7 +371,7 @@ def reconstruction_psnr(vae: AutoencoderKL, imageset, batch_size: int = 500) -> 
     """
     from .data import to_pixels
 
-    x = _as_model_space(imageset)
+    x = _model_space_batch(imageset)
     # compare in [0, 1] pixel units on the 28x28 image (the padding is not part of the data)
     p = to_pixels(x).double() / 255.0
     p_hat = reconstruct(vae, x, batch_size).double() / 255.0
@@ -388,7 +388,7 @@ def measure_scale_factor(vae: AutoencoderKL, images, batch_size: int = 500) -> f
 
     :param images: an ``ImageSet``, uint8 (N, 28, 28), or model-space (N, 1, H, W)
     """
-    x = _as_model_space(images)
+    x = _model_space_batch(images)
     device = _model_device(vae)
     was_training = vae.training
     vae.eval()

@@ -101,6 +101,11 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
 
 
+def as_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (N, 28, 28) as they are; model-space floats (N, 1, 32, 32) through :func:`to_pixels`."""
+    return images if images.dtype == torch.uint8 else to_pixels(images.float())
+
+
 def _read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a numpy array."""
     opener = gzip.open if path.suffix == ".gz" else open

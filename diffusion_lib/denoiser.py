@@ -30,7 +30,8 @@ from .checks import config_from_dict
 from .text_encoder import PromptEncoder, PromptEncoderConfig, Tokenizer
 from .unet import UNet, UNetConfig
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+# what a denoiser may be trained to predict (schedules.PREDICTION_TYPES also converts from "sample", x_0)
+DENOISER_PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def default_schedule() -> dict:
@@ -55,8 +56,8 @@ class DenoiserConfig:
     schedule: dict = field(default_factory=default_schedule)
 
     def __post_init__(self):
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {self.prediction_type!r}")
+        if self.prediction_type not in DENOISER_PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {DENOISER_PREDICTION_TYPES}, not {self.prediction_type!r}")
         tokenizer = Tokenizer.from_dict(self.tokenizer)
         if (self.prompt.vocab_size, self.prompt.max_length) != (tokenizer.vocab_size, tokenizer.max_length):
             raise ValueError(

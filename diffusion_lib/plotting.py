@@ -67,11 +67,7 @@ def plot_training_log(log: str | Path, path: str | Path, title: str = "denoiser 
     ax2.plot(epochs, [r["images_per_s"] for r in rows], marker=".", color="tab:orange")
     ax2.set(xlabel="epoch", ylabel="images / s", title="throughput", ylim=(0, None))
     ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 LADDER_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:red", "tab:brown")  # orange is the autoencoder's
@@ -111,6 +107,13 @@ def plot_ladder(ladders: dict[float, dict[int, dict]], floor: dict, path: str | 
     for ax in (ax1, ax2):
         ax.set_xticks(epochs, [str(e) for e in epochs])
         ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Lay ``fig`` out, write it to ``path`` (PNG at 110 dpi) and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

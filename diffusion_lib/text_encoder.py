@@ -243,7 +243,11 @@ def current_prompt_keys(settings: Any) -> Any:
 
 
 class TransformerLayer(nn.Module):
-    """Pre-norm transformer layer: ``x + SelfAttention(LN(x))``, then ``x + MLP(LN(x))``."""
+    """Pre-norm transformer layer: ``x + SelfAttention(LN(x))``, then ``x + MLP(LN(x))``.
+
+    The U-Net's :class:`~diffusion_lib.attention.BasicTransformerBlock` without the cross-attention
+    (a prompt attends only to itself) and with a GELU MLP instead of GEGLU, as in CLIP's text encoder.
+    """
 
     def __init__(self, dim: int, num_heads: int, ff_mult: int, dropout: float = 0.0):
         super().__init__()

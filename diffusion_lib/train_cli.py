@@ -14,7 +14,7 @@ from typing import Any
 
 from .atomic import CheckpointError
 from .data import DATASETS
-from .denoiser import AUTOENCODER_SHA256, PREDICTION_TYPES
+from .denoiser import AUTOENCODER_SHA256, DENOISER_PREDICTION_TYPES
 from .train import TrainConfig, TrainingError, train
 from .train_state import STATE
 
@@ -82,7 +82,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                    help="folder with the frozen autoencoder (vae.safetensors); --resume uses the run's own copy")
     p.add_argument("--limit", type=int, help="use only the first N training images (all)")
     p.add_argument("--dataset", choices=DATASETS, help=f"({d.dataset})")
-    p.add_argument("--prediction-type", choices=PREDICTION_TYPES, default=None,
+    p.add_argument("--prediction-type", choices=DENOISER_PREDICTION_TYPES, default=None,
                    help="what the model predicts (default: the model config's, epsilon)")
     p.add_argument("--schedule", default=None, help="noise schedule: scaled_linear, linear, cosine, sigmoid")
     p.add_argument("--zero-terminal-snr", action="store_true", default=None,
