@@ -60,14 +60,20 @@ def show_progress(quick: bool = False) -> bool:
     return interactive_session(quick)
 
 
-def make_widget(draw: Callable[..., Any], controls: Mapping[str, Any]):
+def make_widget(draw: Callable[..., Any], controls: Mapping[str, Any], initial: Mapping[str, Any] | None = None):
     """``ipywidgets.interactive(draw, **controls)`` with the figure redrawn only when a slider is released.
 
     :param controls: name -> widget or ipywidgets abbreviation, e.g. ``{"t": (0, 999, 1)}``
+    :param initial: name -> the value a control built from an abbreviation starts at (ipywidgets would
+        start a slider in the middle of its range); a value outside the range is clipped to it
     """
     import ipywidgets
 
-    widget = ipywidgets.interactive(draw, **controls)
+    built = dict(controls)
+    for name, value in (initial or {}).items():
+        if name in built and not isinstance(built[name], ipywidgets.Widget):
+            built[name] = ipywidgets.interactive.widget_from_abbrev(built[name], value)
+    widget = ipywidgets.interactive(draw, **built)
     for control in widget.kwargs_widgets:
         # redrawing a matplotlib figure on every pixel of a drag is slow: wait for the release
         if hasattr(control, "continuous_update"):
@@ -94,13 +100,14 @@ def explore(
 
     :param draw: draws one figure (and calls ``plt.show()``) for keyword arguments named like ``controls``
     :param controls: the widgets, as for :func:`make_widget`
-    :param static: the keyword arguments of the static figures, e.g. ``[{"t": 0}, {"t": 500}]``
+    :param static: the keyword arguments of the static figures, e.g. ``[{"t": 0}, {"t": 500}]``; the sliders
+        start at the first entry's values (the notebook's settings)
     :param quick: the notebook's quick flag (quick runs are always static)
     """
     if not static:
         raise ValueError("explore() needs at least one entry in static= for batch runs and PDFs")
     if interactive_session(quick):
-        _display_widget(make_widget(draw, controls))
+        _display_widget(make_widget(draw, controls, initial=static[0]))
         return
     for kwargs in static:
         draw(**kwargs)

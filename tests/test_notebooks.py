@@ -354,6 +354,20 @@ def test_widget_has_a_slider_that_redraws_on_release():
     assert seen[-1] == 42
 
 
+def test_widgets_start_at_the_notebooks_settings_not_the_middle_of_the_range():
+    pytest.importorskip("ipywidgets")
+    def draw(steps, guidance, sampler):
+        pass
+
+    controls = {"steps": (1, 100, 1), "guidance": (0.0, 10.0, 0.5), "sampler": ["ddpm", "ddim", "dpmsolver++"]}
+    widget = widgets.make_widget(draw, controls, initial={"steps": 20, "guidance": 3.0, "sampler": "dpmsolver++"})
+    assert [w.value for w in widget.kwargs_widgets] == [20, 3.0, "dpmsolver++"]
+    # without initial values ipywidgets starts in the middle: what explore() used to show
+    assert [w.value for w in widgets.make_widget(draw, controls).kwargs_widgets] == [50, 5.0, "ddpm"]
+    clipped = widgets.make_widget(draw, controls, initial={"steps": 500, "guidance": 3.0, "sampler": "ddim"})
+    assert clipped.kwargs_widgets[0].value == 100
+
+
 # ------------------------------------------------------------------------------ coursekit.questions
 def _question_notebook(answer="### BEGIN SOLUTION\n# forty-two\n### END SOLUTION", grade_id="q1_1", tags=("otter_answer_cell",),
                        label="**Q1.1**"):
