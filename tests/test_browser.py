@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -78,6 +79,24 @@ def lab():
         shutil.rmtree(course, ignore_errors=True)
 
 
+def wait_for(page, locator, timeout_s: float) -> None:
+    """Wait for ``locator``. On a loaded machine JupyterLab may ask which kernel to start (the notebook's kernel
+    was slow to come up): the dialog's preselected kernel is taken, as a student would, and the wait goes on."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    dialog = page.locator(".jp-Dialog").filter(has_text="Select Kernel")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if dialog.count() and dialog.first.is_visible():
+            dialog.first.get_by_role("button", name="Select", exact=True).click()
+        try:
+            locator.wait_for(timeout=5_000)
+            return
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:
+                raise
+
+
 def test_the_interactive_generator_draws_a_new_image_in_the_browser(lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -90,13 +109,15 @@ def test_the_interactive_generator_draws_a_new_image_in_the_browser(lab, tmp_pat
         page.set_default_timeout(60_000)
         page.goto(url)
         page.locator(".jp-Notebook .jp-Cell").first.wait_for()
+        # a kernel that is up and idle before anything runs (the status bar: "Python 3 (ipykernel) | Idle")
+        wait_for(page, page.get_by_text(re.compile(r"\|\s*Idle")).first, timeout_s=300)
         # Run > Run All Cells, as a student would
         page.get_by_role("menuitem", name="Run", exact=True).click()
         page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
         # the generator: the one interactive widget with a sampler menu; its first figure
         generator = page.locator(".widget-interact").filter(has=page.locator("select")).first
         try:
-            generator.wait_for(timeout=600_000)
+            wait_for(page, generator, timeout_s=600)
         except Exception:
             page.screenshot(path=str(tmp_path / "page.png"), full_page=False)
             print(f"no generator; the page: {tmp_path / 'page.png'}")
