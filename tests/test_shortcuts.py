@@ -62,8 +62,9 @@ def test_conv3x3_takes_the_matrix_path_on_tiny_maps_only():
             as_convolution = counted_flops(lambda: conv(x))
         # the convolution: 9 multiply-adds per (output pixel, input channel, output channel)
         assert as_convolution == 2 * b * p * 9 * c * o
-        # the matrix: (B, C*P) @ (C*P, O*P), zero padding taps not multiplied
-        assert counted_flops(lambda: conv(x)) == (2 * b * (c * p) * (o * p) if dense else as_convolution)
+        # the matrix, built as (O*C, 9) @ (9, P*P), then (B, C*P) @ (C*P, O*P): zero padding taps not multiplied
+        matrix = 2 * (o * c) * 9 * (p * p) + 2 * b * (c * p) * (o * p)
+        assert counted_flops(lambda: conv(x)) == (matrix if dense else as_convolution)
 
 
 def test_conv3x3_has_the_weights_of_a_conv2d():
