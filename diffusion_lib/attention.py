@@ -65,6 +65,25 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return weights @ v, weights
 
 
+def attention_keys_major(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":func:`attention`, computed on the transposed matrix ``A^T`` (keys along the rows).
+
+    The CPU's softmax vectorises along the dimension it normalises: a row of 8 prompt tokens
+    fills half an AVX-512 register and takes a slow path (~10x slower per entry than a row of
+    16). Normalising ``A^T = softmax(K Q^T / sqrt(d))`` down its columns vectorises over the N
+    queries instead; ``A V = (A^T)^T V`` reads the transpose without a copy. Same arguments and
+    results as :func:`attention` (the weights come back as a transposed view).
+    """
+    # A^T = softmax(K Q^T / sqrt(d)), normalised over the L keys: dimension -2   (..., L, N)
+    scores_t = k @ q.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores_t = scores_t.masked_fill(~mask.transpose(-2, -1), float("-inf"))
+    weights = scores_t.softmax(dim=-2).transpose(-2, -1)  # A (..., N, L)
+    # out = A V
+    return weights @ v, weights
+
+
 class Attention(nn.Module):
     """Multi-head (self- or cross-) attention as in Stable Diffusion's ``CrossAttention``.
 
@@ -93,6 +112,9 @@ class Attention(nn.Module):
     # or at 8 prompt tokens) is computed explicitly: for so few entries the three plain
     # matrix products beat the fused kernel by 30-50%, forward and backward, and storing A costs nothing.
     explicit_max_entries = 256
+    # ... and as A^T (attention_keys_major) when there are fewer keys than this: the softmax of a row of
+    # 8 prompt tokens (or of a 2x2 map's 4 pixels) does not fill a 16-float AVX-512 register
+    keys_major_below = 16
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, heads * d) -> (B, heads, N, d)"""
@@ -120,7 +142,8 @@ class Attention(nn.Module):
             # softmax(Q K^T / sqrt(d)) V, fused: the N x L matrix is never stored
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
-            out, weights = attention(q, k, v, mask)
+            few_keys = small and k.shape[-2] < self.keys_major_below
+            out, weights = attention_keys_major(q, k, v, mask) if few_keys else attention(q, k, v, mask)
             if self.recorder is not None:
                 maps, name = self.recorder
                 maps[name].append(weights.detach())

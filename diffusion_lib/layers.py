@@ -36,22 +36,23 @@ def reference_kernels() -> Iterator[None]:
 
 
 @lru_cache(maxsize=None)
-def _tap_index(height: int, width: int) -> torch.Tensor:
-    """Which tap of a 3x3 kernel (padding 1) links each output pixel to each input pixel.
+def _tap_selection(height: int, width: int) -> torch.Tensor:
+    """Which tap of a 3x3 kernel (padding 1) links each output pixel to each input pixel, one-hot.
 
-    :returns: LongTensor (P, P), ``P = height * width``; entry ``[p_out, p_in]`` is
-        ``3 * ky + kx`` when input pixel ``p_in`` sits under tap ``(ky, kx)`` of the kernel
-        centred on output pixel ``p_out``, and 9 (a zero weight) when the kernel does not reach it
+    :returns: float (9, P * P), ``P = height * width``; entry ``[3 * ky + kx, p_out * P + p_in]``
+        is 1 when input pixel ``p_in`` sits under tap ``(ky, kx)`` of the kernel centred on
+        output pixel ``p_out``, else 0 (no tap at all where the kernel does not reach)
     """
-    index = torch.full((height * width, height * width), 9, dtype=torch.long)
+    p = height * width
+    selection = torch.zeros(9, p, p)
     for y in range(height):
         for x in range(width):
             for ky in range(3):
                 for kx in range(3):
                     yi, xi = y + ky - 1, x + kx - 1
                     if 0 <= yi < height and 0 <= xi < width:
-                        index[y * width + x, yi * width + xi] = 3 * ky + kx
-    return index
+                        selection[3 * ky + kx, y * width + x, yi * width + xi] = 1.0
+    return selection.view(9, p * p)
 
 
 class Conv3x3(nn.Conv2d):
@@ -82,10 +83,11 @@ class Conv3x3(nn.Conv2d):
         if not shortcuts_enabled(x) or height * width > self.dense_max_pixels:
             return super().forward(x)
         o, p = self.out_channels, height * width
-        # the 9 taps of each (o, i) pair, and a 10th that is zero: (C_out, C_in, 10)
-        taps = torch.cat([self.weight.flatten(2), self.weight.new_zeros(o, c, 1)], dim=2)
-        # M[o, i, p_out, p_in] = taps[o, i, index[p_out, p_in]]
-        matrix = taps[:, :, _tap_index(height, width).to(x.device)]  # (C_out, C_in, P, P)
+        # M[o, i, p_out, p_in] = sum_k w[o, i, k] S[k, p_out, p_in], S one-hot: the tap k that links the two
+        # pixels. A matrix product rather than a lookup w[..., index]: its gradient is a product too, where
+        # the lookup's is a scatter-add (index_put_), slow on the CPU
+        selection = _tap_selection(height, width).to(x.device, x.dtype)  # (9, P*P)
+        matrix = (self.weight.reshape(o * c, 9) @ selection).view(o, c, p, p)  # (C_out, C_in, P, P)
         if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
             # x flattened as (C_in, P): y = x M^T + b, b repeated over the P pixels of each output channel
             matrix = matrix.permute(0, 2, 1, 3).reshape(o * p, c * p)

@@ -62,8 +62,9 @@ def test_conv3x3_takes_the_matrix_path_on_tiny_maps_only():
             as_convolution = counted_flops(lambda: conv(x))
         # the convolution: 9 multiply-adds per (output pixel, input channel, output channel)
         assert as_convolution == 2 * b * p * 9 * c * o
-        # the matrix: (B, C*P) @ (C*P, O*P), zero padding taps not multiplied
-        assert counted_flops(lambda: conv(x)) == (2 * b * (c * p) * (o * p) if dense else as_convolution)
+        # the matrix, built as (O*C, 9) @ (9, P*P), then (B, C*P) @ (C*P, O*P): zero padding taps not multiplied
+        matrix = 2 * (o * c) * 9 * (p * p) + 2 * b * (c * p) * (o * p)
+        assert counted_flops(lambda: conv(x)) == (matrix if dense else as_convolution)
 
 
 def test_conv3x3_has_the_weights_of_a_conv2d():
@@ -129,3 +130,25 @@ def test_denoiser_with_shortcuts_and_distinct_prompts_equals_the_reference():
         reference = forward_and_grads(_Wrap(model, full), x)
     assert_same(forward_and_grads(_Wrap(model, distinct), x), reference, tol=2e-4)
     assert_same(forward_and_grads(_Wrap(model, full), x), reference, tol=2e-4)
+
+
+@pytest.mark.parametrize("keys", [4, 8, 16])
+def test_keys_major_attention_equals_the_formula(keys):
+    from diffusion_lib.attention import attention, attention_keys_major
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, n, 8, generator=g, requires_grad=True) for n in (16, keys, keys))
+    mask = torch.ones(3, 1, 1, keys, dtype=torch.bool)
+    mask[0, ..., -2:] = False  # padding: example 0 may not look at its last two keys
+    grad = torch.randn(3, 4, 16, 8, generator=g)
+    results = []
+    for fn in (attention, attention_keys_major):
+        out, weights = fn(q, k, v, mask)
+        inputs = (q, k, v)
+        results.append((out, weights, torch.autograd.grad(out, inputs, grad)))
+    (out_a, w_a, g_a), (out_b, w_b, g_b) = results
+    torch.testing.assert_close(out_b, out_a, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w_b, w_a, rtol=1e-5, atol=1e-6)
+    assert w_b.shape == (3, 4, 16, keys) and torch.all(w_b[0, ..., -2:] == 0)
+    for a, b in zip(g_a, g_b):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
