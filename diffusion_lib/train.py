@@ -301,6 +301,13 @@ class Trainer:
             # the same numbers in another memory order: (B, C, H, W) stored as (B, H, W, C)
             self.model.to(memory_format=torch.channels_last)
             self.latents = self.latents.contiguous(memory_format=torch.channels_last)
+        # a resumed run's AdamW moments come back in the file's (contiguous) order: give each its parameter's
+        # memory order, as a fresh run creates them. A fused AdamW walks a parameter and its moments in memory
+        # order, so mismatched orders pair the wrong elements (foreach ops follow the strides and do not care)
+        for param, state in self.optimizer.state.items():
+            for name, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[name] = torch.empty_like(param).copy_(value)
         self.ddp_model: nn.Module = self.model
         if config.compile:
             self.model.compile()
