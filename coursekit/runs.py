@@ -22,7 +22,6 @@ from typing import Any
 import torch
 
 from diffusion_lib.atomic import CheckpointError, sha256_file
-
 from diffusion_lib.checkpoint import load_component, load_into
 from diffusion_lib.denoiser import Denoiser, DenoiserConfig
 from diffusion_lib.train import TrainConfig, train

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from .atomic import CheckpointError, sha256_file
-
 from .checkpoint import config_from_file, load_component, load_into, save_component
 from .checks import config_from_dict
 from .text_encoder import PromptEncoder, PromptEncoderConfig, Tokenizer

@@ -17,7 +17,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .atomic import commit_files
-
 from .checkpoint import check_output_folder, component_files, jsonl_bytes
 from .classifier import COMPONENT, ClassifierConfig, FashionClassifier, predict
 from .data import load_split

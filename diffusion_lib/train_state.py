@@ -18,7 +18,6 @@ import torch
 import torch.nn as nn
 
 from .atomic import CheckpointError, commit_files, sha256_file
-
 from .checkpoint import component_files, jsonl_bytes, load_component, load_into
 from .denoiser import AUTOENCODER_SHA256
 

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from diffusion_lib.atomic import CheckpointError, read_checksums, sha256_file
-
 from diffusion_lib.checkpoint import load_component, load_into, save_component
 
 
