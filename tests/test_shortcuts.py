@@ -1,7 +1,8 @@
 """The CPU shortcuts for tiny maps compute what the textbook kernels compute.
 
 ``Conv3x3`` runs a 3x3 convolution on a map of at most 2x2 pixels as one matrix
-product, and attention over at most 256 query-key pairs is computed explicitly
+product, ``layers.linear`` runs large matrix products as oneDNN 1x1 convolutions
+(x86-64), and attention over at most 256 query-key pairs is computed explicitly
 instead of by the fused kernel. Each is checked against ``reference_kernels()``
 (forward and gradients), and the FLOP counter shows which path really ran.
 """
@@ -9,11 +10,13 @@ instead of by the fused kernel. Each is checked against ``reference_kernels()``
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion_lib.attention import Attention
 from diffusion_lib.denoiser import Denoiser, default_denoiser_config
-from diffusion_lib.layers import Conv3x3, reference_kernels
+from diffusion_lib import layers
+from diffusion_lib.layers import Conv3x3, Linear, linear, reference_kernels
 
 
 def forward_and_grads(module: torch.nn.Module, *inputs: torch.Tensor):
@@ -75,6 +78,70 @@ def test_conv3x3_has_the_weights_of_a_conv2d():
     torch.testing.assert_close(conv(x), plain(x), rtol=1e-5, atol=1e-5)
 
 
+class _OpNames(TorchDispatchMode):
+    """Records the names of the ATen ops that run (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("shape, out_features, bias, as_convolution", [
+    ((64, 16, 64), 512, True, True),  # 1,024 rows x 64 x 512 = 33.6M multiply-adds: a oneDNN convolution
+    ((4096, 256), 64, True, True),  # rows given as a matrix
+    ((64, 16, 64), 512, False, True),  # no bias
+    ("transposed", 512, True, True),  # rows not contiguous: copied first
+    ((32, 8, 64), 64, True, False),  # 1.0M multiply-adds: too small to gain
+    ((255, 3, 64), 512, True, False),  # 765 rows: not a multiple of 16 images
+])
+def test_linear_equals_the_matrix_product(shape, out_features, bias, as_convolution):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 64, 16, generator=g).transpose(1, 2) if shape == "transposed" else torch.randn(*shape, generator=g)
+    k = x.shape[-1]
+    w, b = torch.randn(out_features, k, generator=g) / k**0.5, torch.randn(out_features, generator=g) if bias else None
+    grad = torch.randn(*x.shape[:-1], out_features, generator=g)
+    results = []
+    for fn in (F.linear, linear):
+        inputs = [t.clone().requires_grad_() for t in (x, w, b) if t is not None]
+        ops = _OpNames()
+        with ops:
+            out = fn(*inputs)
+            grads = torch.autograd.grad(out, inputs, grad)
+        results.append((out, grads, ops.names))
+    (out_a, grads_a, _), (out_b, grads_b, names) = results
+    assert out_b.shape == out_a.shape and out_b.is_contiguous()
+    torch.testing.assert_close(out_b, out_a, rtol=1e-4, atol=1e-4)
+    for grad_a, grad_b in zip(grads_a, grads_b):
+        torch.testing.assert_close(grad_b, grad_a, rtol=1e-4, atol=1e-3)
+    # the oneDNN path runs where it was measured (x86-64 with oneDNN), and only for large products
+    assert ("convolution" in names) == (as_convolution and layers._ONEDNN_X86)
+    # the architecture's FLOPs do not depend on the path
+    with reference_kernels():
+        assert "convolution" not in _run_ops(lambda: linear(x, w, b))
+        reference = counted_flops(lambda: linear(x, w, b))
+    assert counted_flops(lambda: linear(x, w, b)) == reference == 2 * x[..., 0].numel() * k * out_features
+
+
+def _run_ops(fn) -> set[str]:
+    ops = _OpNames()
+    with ops:
+        fn()
+    return ops.names
+
+
+def test_linear_has_the_weights_of_an_nn_linear():
+    layer, plain = Linear(64, 512), torch.nn.Linear(64, 512)
+    assert isinstance(layer, torch.nn.Linear) and repr(layer) == repr(plain)
+    assert {k: v.shape for k, v in layer.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(64, 16, 64)
+    torch.testing.assert_close(layer(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("queries, keys, cross", [(16, 16, False), (4, 4, False), (16, 8, True), (64, 64, False)])
 def test_small_attention_equals_the_fused_kernel(queries, keys, cross):
     torch.manual_seed(0)
@@ -111,14 +178,15 @@ class _Wrap(torch.nn.Module):
         return self.fn(*args)
 
 
-def test_denoiser_with_shortcuts_and_distinct_prompts_equals_the_reference():
+@pytest.mark.parametrize("batch", [6, 64])  # 64: the feed-forward products are large enough for oneDNN
+def test_denoiser_with_shortcuts_and_distinct_prompts_equals_the_reference(batch):
     torch.manual_seed(0)
     model = Denoiser(default_denoiser_config())
     for p in model.parameters():  # fresh models zero their last layers; give every path a value
         torch.nn.init.normal_(p, std=0.05)
     prompts = model.encode_prompts(["a photo of a bag", "a coat", ""])  # (P=3, L)
-    index = torch.tensor([0, 2, 1, 1, 0, 2])
-    x, t = torch.randn(6, 4, 8, 8), torch.randint(0, 1000, (6,))
+    index = torch.arange(batch) * 7 % 3
+    x, t = torch.randn(batch, 4, 8, 8), torch.randint(0, 1000, (batch,))
 
     def full(xx):
         return model(xx, t, prompts[index])
