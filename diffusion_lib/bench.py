@@ -136,7 +136,8 @@ def training_step(model: torch.nn.Module, inputs, distinct_prompts: bool = True)
     """One full training step of a denoiser-like ``model(x, t, tokens[, prompt_index])`` (a closure)."""
     x, t, prompts, index = inputs
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(x.device)
+    # stored like x, as the trainer stores it
+    noise = torch.empty_like(x).copy_(torch.randn(x.shape, generator=torch.Generator().manual_seed(1)))
 
     def step():
         out = model(x, t, prompts, index) if distinct_prompts else model(x, t, prompts[index])

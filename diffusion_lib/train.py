@@ -297,8 +297,10 @@ class Trainer:
         ``ddp_model`` is what the step calls: the model under DistributedDataParallel, or the model
         itself in a single process (nanoGPT's ``model`` / ``raw_model`` pair, named the other way round)."""
         config = self.config
+        self.memory_format = torch.contiguous_format
         if default_channels_last(self.device) if config.channels_last is None else config.channels_last:
             # the same numbers in another memory order: (B, C, H, W) stored as (B, H, W, C)
+            self.memory_format = torch.channels_last
             self.model.to(memory_format=torch.channels_last)
             self.latents = self.latents.contiguous(memory_format=torch.channels_last)
         # a resumed run's AdamW moments come back in the file's (contiguous) order: give each its parameter's
@@ -357,6 +359,9 @@ class Trainer:
         #    the whole global batch, then keeps its slice (so the run does not depend on the number of ranks)
         t = torch.randint(0, self.schedule.num_train_timesteps, (n,), generator=g, device=device)
         noise = torch.randn((n, *self.latents.shape[1:]), generator=g, device=device)
+        # stored like the latents (the same values): a loss gradient in another memory order than the model's
+        # would reach every convolution of the decoder in that order, and each would reorder it
+        noise = noise.contiguous(memory_format=self.memory_format)
         template = torch.randint(0, len(PROMPT_TEMPLATES), (n,), generator=g, device=device)
         drop = torch.rand(n, generator=g, device=device) < self.config.cond_drop_prob
         mine = shard(n, self.dist.rank, self.dist.world_size)
