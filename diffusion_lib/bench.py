@@ -17,7 +17,8 @@ What it measures, each as the median over repeated timed iterations after warm-u
   (32 with AVX2 and FMA, 64 with AVX-512: two fused multiply-adds per cycle);
 * with ``--options``, our denoiser's training step with each CPU option on its own and all
   together, against none of them: channels_last, the tiny-map shortcuts (``layers.Conv3x3``
-  and explicit attention) and encoding each distinct prompt once;
+  and explicit attention), the transformers' large linear layers as oneDNN convolutions
+  (``layers.linear``, x86-64) and encoding each distinct prompt once;
 * autoencoder training throughput (batch 128, 1x32x32);
 * sampling: seconds for 100 images with DPM-Solver++ 20 steps, DDIM 50 and DDPM 1000,
   all with classifier-free guidance (conditional and unconditional in one batch), decoding included.
@@ -43,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .autoencoder import AutoencoderConfig, AutoencoderKL, vae_loss
 from .denoiser import Denoiser, default_denoiser_config
 from .device import default_channels_last, synchronize
+from . import layers
 from .layers import reference_kernels
 from .pipeline import Pipeline
 from .text_encoder import prompt_table
@@ -245,13 +247,14 @@ def peak_share(timing: Timing) -> str:
             f"{100 * gflops / peak[0]:.1f}% of the CPU's estimated peak {peak[0]:.0f} GFLOP/s ({peak[1]})")
 
 
-# (name, channels_last, tiny-map shortcuts, distinct prompts)
+# (name, channels_last, tiny-map shortcuts, oneDNN linear layers, distinct prompts)
 OPTIONS = (
-    ("none of the options", False, False, False),
-    ("channels_last only", True, False, False),
-    ("tiny-map shortcuts only", False, True, False),
-    ("each distinct prompt once only", False, False, True),
-    ("all three (the trainer's CPU default)", True, True, True),
+    ("none of the options", False, False, False, False),
+    ("channels_last only", True, False, False, False),
+    ("tiny-map shortcuts only", False, True, False, False),
+    ("oneDNN linear layers only", False, False, True, False),
+    ("each distinct prompt once only", False, False, False, True),
+    ("all four (the trainer's CPU default)", True, True, True, True),
 )
 
 
@@ -260,14 +263,14 @@ def bench_options(prompts: torch.Tensor, batch: int, rounds: int, warmup: int, d
     timed steps each per round, so that a machine that speeds up or slows down affects them alike."""
     denoiser = Denoiser(default_denoiser_config())
     steps = {}
-    for name, channels_last, shortcuts, distinct in OPTIONS:
+    for name, channels_last, tiny_maps, onednn_linear, distinct in OPTIONS:
         # a copy per setting, each in its own memory order with its own optimizer, so no step converts anything
         model = copy.deepcopy(denoiser).to(device).train()
         model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         step = training_step(model, training_inputs(prompts, batch, device, channels_last), distinct)
 
-        def run(step=step, shortcuts=shortcuts):
-            with contextlib.nullcontext() if shortcuts else reference_kernels():
+        def run(step=step, tiny_maps=tiny_maps, onednn_linear=onednn_linear):
+            with reference_kernels(tiny_maps=not tiny_maps, linear=not onednn_linear):
                 step()
 
         steps[name] = run
@@ -364,6 +367,7 @@ def environment(device: str, channels_last: bool | None, compile: bool) -> str:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     return (f"device: {dev} ({name}), dtype: float32, torch {torch.__version__}, threads: {torch.get_num_threads()}, "
             f"channels_last: {channels_last}, tiny-map shortcuts: {dev.type == 'cpu'}, "
+            f"oneDNN linear layers: {dev.type == 'cpu' and layers.ONEDNN_X86}, "
             f"each distinct prompt encoded once: True, torch.compile: {compile}")
 
 

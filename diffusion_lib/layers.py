@@ -12,34 +12,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# the CPU shortcuts of Conv3x3, Linear and attention on tiny maps; reference_kernels() turns them off
-_shortcuts = {"enabled": True}
+# the CPU shortcuts: Conv3x3 and attention on tiny maps ("tiny_maps"), large linear layers through oneDNN
+# ("linear"); reference_kernels() turns them off
+_shortcuts = {"tiny_maps": True, "linear": True}
 
 
-def shortcuts_enabled(x: torch.Tensor) -> bool:
-    """Whether the tiny-map shortcuts may run for input ``x`` (only on the CPU, where they were measured)."""
-    return _shortcuts["enabled"] and x.device.type == "cpu"
+def shortcuts_enabled(x: torch.Tensor, kind: str = "tiny_maps") -> bool:
+    """Whether the CPU shortcuts of ``kind`` may run for input ``x`` (only on the CPU, where they were measured)."""
+    return _shortcuts[kind] and x.device.type == "cpu"
 
 
 @contextmanager
-def reference_kernels() -> Iterator[None]:
+def reference_kernels(tiny_maps: bool = True, linear: bool = True) -> Iterator[None]:
     """Run every layer with its textbook kernel: ``nn.Conv2d``'s convolution, ``F.linear``'s matrix
     product and fused attention.
 
     The results are the same up to float rounding; what changes is the work done. Use it to
     count an architecture's FLOPs (the shortcuts skip multiplications by the zero padding,
     and the fused attention kernel is not counted at all on the CPU) and to test the shortcuts.
+
+    :param tiny_maps: turn off the shortcuts of ``Conv3x3`` and attention on tiny maps
+    :param linear: turn off :func:`linear`'s oneDNN path
     """
-    before = _shortcuts["enabled"]
-    _shortcuts["enabled"] = False
+    before = dict(_shortcuts)
+    _shortcuts["tiny_maps"] = _shortcuts["tiny_maps"] and not tiny_maps
+    _shortcuts["linear"] = _shortcuts["linear"] and not linear
     try:
         yield
     finally:
-        _shortcuts["enabled"] = before
+        _shortcuts.update(before)
 
 
 # x86-64 with oneDNN: where the oneDNN kernels were measured faster than the BLAS matrix product
-_ONEDNN_X86 = platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+ONEDNN_X86 = platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
 # matrix products of at least this many multiply-adds run as oneDNN convolutions (measured: smaller ones lose)
 ONEDNN_MIN_MACS = 8 * 2**20
 # the rows are handed to oneDNN as this many images: PyTorch takes its convolution for a 1x1 kernel only
@@ -64,7 +69,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """
     n, k = weight.shape
     rows = x.numel() // k if k else 0
-    if (not (_ONEDNN_X86 and shortcuts_enabled(x)) or rows % ONEDNN_IMAGES
+    if (not (ONEDNN_X86 and shortcuts_enabled(x, "linear")) or rows % ONEDNN_IMAGES
             or rows * k * n < ONEDNN_MIN_MACS or x.dtype != torch.float32):
         return F.linear(x, weight, bias)
     # rows (R, K) -> images (16, K, R/16, 1), stored as (16, R/16, 1, K): the rows' own memory

@@ -118,7 +118,7 @@ def test_linear_equals_the_matrix_product(shape, out_features, bias, as_convolut
     for grad_a, grad_b in zip(grads_a, grads_b):
         torch.testing.assert_close(grad_b, grad_a, rtol=1e-4, atol=1e-3)
     # the oneDNN path runs where it was measured (x86-64 with oneDNN), and only for large products
-    assert ("convolution" in names) == (as_convolution and layers._ONEDNN_X86)
+    assert ("convolution" in names) == (as_convolution and layers.ONEDNN_X86)
     # the architecture's FLOPs do not depend on the path
     with reference_kernels():
         assert "convolution" not in _run_ops(lambda: linear(x, w, b))
@@ -131,6 +131,20 @@ def _run_ops(fn) -> set[str]:
     with ops:
         fn()
     return ops.names
+
+
+def test_reference_kernels_turns_off_each_kind_alone():
+    x, w = torch.randn(64, 16, 64), torch.randn(512, 64)
+    with reference_kernels(tiny_maps=False):  # the oneDNN linear only
+        assert not layers.shortcuts_enabled(x) and layers.shortcuts_enabled(x, "linear")
+        assert ("convolution" in _run_ops(lambda: linear(x, w))) == layers.ONEDNN_X86
+    with reference_kernels(linear=False):  # the tiny-map shortcuts only
+        assert layers.shortcuts_enabled(x) and not layers.shortcuts_enabled(x, "linear")
+        assert "convolution" not in _run_ops(lambda: linear(x, w))
+        with reference_kernels():  # nested: everything off, and back to the outer setting after
+            assert not layers.shortcuts_enabled(x) and not layers.shortcuts_enabled(x, "linear")
+        assert layers.shortcuts_enabled(x) and not layers.shortcuts_enabled(x, "linear")
+    assert layers.shortcuts_enabled(x) and layers.shortcuts_enabled(x, "linear")
 
 
 def test_linear_has_the_weights_of_an_nn_linear():
