@@ -135,15 +135,15 @@ def _run_ops(fn) -> set[str]:
 
 def test_reference_kernels_turns_off_each_kind_alone():
     x, w = torch.randn(64, 16, 64), torch.randn(512, 64)
-    with reference_kernels(tiny_maps=False):  # the oneDNN linear only
-        assert not layers.shortcuts_enabled(x) and layers.shortcuts_enabled(x, "linear")
-        assert ("convolution" in _run_ops(lambda: linear(x, w))) == layers.ONEDNN_X86
-    with reference_kernels(linear=False):  # the tiny-map shortcuts only
+    with reference_kernels(tiny_maps=False):  # the linear layers' textbook kernel; the tiny-map shortcuts stay
         assert layers.shortcuts_enabled(x) and not layers.shortcuts_enabled(x, "linear")
         assert "convolution" not in _run_ops(lambda: linear(x, w))
         with reference_kernels():  # nested: everything off, and back to the outer setting after
             assert not layers.shortcuts_enabled(x) and not layers.shortcuts_enabled(x, "linear")
         assert layers.shortcuts_enabled(x) and not layers.shortcuts_enabled(x, "linear")
+    with reference_kernels(linear=False):  # the tiny maps' textbook kernels; the oneDNN linear layers stay
+        assert not layers.shortcuts_enabled(x) and layers.shortcuts_enabled(x, "linear")
+        assert ("convolution" in _run_ops(lambda: linear(x, w))) == layers.ONEDNN_X86
     assert layers.shortcuts_enabled(x) and layers.shortcuts_enabled(x, "linear")
 
 
