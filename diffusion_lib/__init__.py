@@ -38,6 +38,7 @@ Around them:
 
 * ``data``             - Fashion-MNIST / MNIST loading, model-space conversions
 * ``device``           - device choice (CUDA, MPS, CPU) and what depends on it
+* ``allocator``        - freed host memory kept for reuse (no page faults in each step)
 * ``checkpoint``       - a component: safetensors + JSON, checked against SHA256SUMS
 * ``atomic``           - crash-safe writes: files and their SHA256SUMS replaced as one unit
 * ``checks``           - argument checks with messages that name the fix

@@ -45,6 +45,7 @@ from .autoencoder import AutoencoderConfig, AutoencoderKL, vae_loss
 from .denoiser import Denoiser, default_denoiser_config
 from .device import default_channels_last, synchronize
 from . import layers
+from .allocator import keep_freed_memory
 from .layers import reference_kernels
 from .pipeline import Pipeline
 from .text_encoder import prompt_table
@@ -329,6 +330,7 @@ def run_bench(device: str = "cpu", vs_diffusers: bool = False, tiny: bool = Fals
     from .device import resolve_device
 
     dev = resolve_device(device)
+    keep_freed_memory()  # as the trainer does
     if threads:
         torch.set_num_threads(threads)
     channels_last = default_channels_last(dev) if channels_last is None else channels_last

@@ -82,6 +82,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .allocator import keep_freed_memory
 from .autoencoder import load_autoencoder
 from .atomic import recover, sha256_file
 from .data import load_split, to_model_space
@@ -224,6 +225,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, dist: Distributed | None = None):
+        keep_freed_memory()  # no page faults on each step's fresh tensors (allocator.py)
         self.config = config
         self.dist = dist or Distributed()
         self.out_dir, self.vae_dir = Path(config.out_dir), Path(config.vae_dir)
