@@ -213,8 +213,10 @@ def cpu_peak_gflops() -> tuple[float, str] | None:
     """The CPU's peak float32 rate this process may use (GFLOP/s) and how it was estimated; None if unknown.
 
     cores (torch's threads) x the highest clock in /proc/cpuinfo or cpufreq x FLOP per cycle: 2 FMA units x
-    8 float32 lanes x 2 with AVX2 and FMA, 16 lanes with AVX-512 (an upper bound: some AVX-512 cores have
-    one 512-bit FMA unit, and the clock drops under wide vector load).
+    8 float32 lanes x 2 with AVX2 and FMA, 16 lanes with AVX-512. Some AVX-512 cores have one 512-bit FMA
+    unit, and the clock drops under wide vector load: both make it too high. Where cpufreq is missing (a
+    virtual machine), /proc/cpuinfo gives the nominal clock, and cores that boost above it make it too low:
+    on the 2-core machine of the README, convolutions of the training step ran at up to ~1.2x this figure.
     """
     try:
         info = Path("/proc/cpuinfo").read_text()
