@@ -47,8 +47,8 @@ def reference_kernels(tiny_maps: bool = True, linear: bool = True) -> Iterator[N
 ONEDNN_X86 = platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
 # matrix products of at least this many multiply-adds run as oneDNN convolutions (measured: smaller ones lose)
 ONEDNN_MIN_MACS = 8 * 2**20
-# the rows are handed to oneDNN as this many images: PyTorch takes its convolution for a 1x1 kernel only
-# from a batch of 16 up (or with several threads)
+# the rows are handed to oneDNN as this many images: PyTorch gives a 1x1 convolution to oneDNN only from a
+# batch of 16 up (or with several threads)
 ONEDNN_IMAGES = 16
 
 
@@ -57,10 +57,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
     A linear layer applied to every row of ``x`` *is* a 1x1 convolution whose pixels are the rows.
     Seen as 16 images of ``rows / 16`` x 1 pixels with ``K`` channels stored channels_last, ``x``
-    needs no copy, and oneDNN's convolution runs the product 1.5-2.3x faster forward and backward
-    than the BLAS matrix product behind ``F.linear`` (which on this AMD CPU reaches only its
-    AVX2 rate: ``python -m diffusion_lib bench --vs-diffusers``). The result is the same up to
-    float rounding: same multiplications, summed in another order.
+    needs no copy. The BLAS matrix product behind ``F.linear`` (MKL) reaches only its AVX2 rate on
+    the AMD EPYC of the README's performance section, ~80 GFLOP/s a core, and oneDNN's convolution
+    twice that: a layer's forward and backward ran 1.07-1.7x faster at 2 threads (1.1-1.9x at 1),
+    with cold caches, from 8M multiply-adds up (``bench --options`` times the training step with
+    and without). The result is the same up to float rounding: the same multiplications, summed
+    in another order.
 
     :param x: (..., K)
     :param weight: (N, K)
