@@ -29,7 +29,6 @@ without any checkpoint. ``--tiny`` shrinks everything to seconds (for the test s
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import platform
 import statistics
@@ -41,12 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from .allocator import keep_freed_memory
 from .autoencoder import AutoencoderConfig, AutoencoderKL, vae_loss
 from .denoiser import Denoiser, default_denoiser_config
 from .device import default_channels_last, synchronize
-from . import layers
-from .allocator import keep_freed_memory
-from .layers import reference_kernels
+from .layers import ONEDNN_X86, reference_kernels
 from .pipeline import Pipeline
 from .text_encoder import prompt_table
 
@@ -371,7 +369,7 @@ def environment(device: str, channels_last: bool | None, compile: bool) -> str:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     return (f"device: {dev} ({name}), dtype: float32, torch {torch.__version__}, threads: {torch.get_num_threads()}, "
             f"channels_last: {channels_last}, tiny-map shortcuts: {dev.type == 'cpu'}, "
-            f"oneDNN linear layers: {dev.type == 'cpu' and layers.ONEDNN_X86}, "
+            f"oneDNN linear layers: {dev.type == 'cpu' and ONEDNN_X86}, "
             f"each distinct prompt encoded once: True, torch.compile: {compile}")
 
 
