@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--vs-diffusers", action="store_true", help="also time diffusers' UNet2DConditionModel of the same shape")
     p.add_argument("--iters", type=int, default=10, help="timed iterations per measurement (median reported)")
-    p.add_argument("--rounds", type=int, default=5,
+    p.add_argument("--rounds", type=int, default=11,
                    help="with --vs-diffusers: interleaved rounds of 3 steps of each model (median and range reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,

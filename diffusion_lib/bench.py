@@ -324,7 +324,7 @@ def bench_sampling(denoiser: Denoiser, vae: AutoencoderKL, sampler: str, steps: 
 
 def run_bench(device: str = "cpu", vs_diffusers: bool = False, tiny: bool = False, iters: int = 10,
               threads: int | None = None, channels_last: bool | None = None, compile: bool = False,
-              options: bool = False, rounds: int = 5) -> tuple[list[Timing], Comparison | None]:
+              options: bool = False, rounds: int = 11) -> tuple[list[Timing], Comparison | None]:
     """Every measurement of the table, and the interleaved comparison with diffusers (with ``vs_diffusers``).
     ``channels_last=None``: as the trainer, on the CPU only."""
     from .device import resolve_device
