@@ -90,6 +90,14 @@ class _OpNames(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _run_ops(fn) -> set[str]:
+    """The names of the ATen ops ``fn()`` runs."""
+    ops = _OpNames()
+    with ops:
+        fn()
+    return ops.names
+
+
 @pytest.mark.parametrize("shape, out_features, bias, as_convolution", [
     ((64, 16, 64), 512, True, True),  # 1,024 rows x 64 x 512 = 33.6M multiply-adds: a oneDNN convolution
     ((4096, 256), 64, True, True),  # rows given as a matrix
@@ -124,13 +132,6 @@ def test_linear_equals_the_matrix_product(shape, out_features, bias, as_convolut
         assert "convolution" not in _run_ops(lambda: linear(x, w, b))
         reference = counted_flops(lambda: linear(x, w, b))
     assert counted_flops(lambda: linear(x, w, b)) == reference == 2 * x[..., 0].numel() * k * out_features
-
-
-def _run_ops(fn) -> set[str]:
-    ops = _OpNames()
-    with ops:
-        fn()
-    return ops.names
 
 
 def test_reference_kernels_turns_off_each_kind_alone():
