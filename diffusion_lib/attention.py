@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import attention_rows, attention_rows_applies, geglu, group_norm
 from .layers import Linear, shortcuts_enabled
 
 
@@ -122,6 +123,12 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
 
+    def _record(self, weights: torch.Tensor) -> None:
+        """Keep the weights A (B, heads, N, L) when :func:`record_attention` asks for them."""
+        if self.recorder is not None:
+            maps, name = self.recorder
+            maps[name].append(weights.detach())
+
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, key_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -133,21 +140,23 @@ class Attention(nn.Module):
         :returns: (B, N, query_dim)
         """
         context = x if context is None else context
-        q = self._split_heads(self.to_q(x))  # (B, heads, N, d)
-        k = self._split_heads(self.to_k(context))  # (B, heads, L, d)
-        v = self._split_heads(self.to_v(context))  # (B, heads, L, d)
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)  # (B, N or L, heads * d)
+        small = shortcuts_enabled(x) and q.shape[-2] * k.shape[-2] <= self.explicit_max_entries
+        if small and key_mask is None and attention_rows_applies(q, k, self.heads):
+            # all heads in one fused CPU kernel, reading them where the projections wrote them (fused.py)
+            out, weights = attention_rows(q, k, v, self.heads)
+            self._record(weights)
+            return self.to_out(out)
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, heads, N or L, d)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
 
-        small = shortcuts_enabled(x) and q.shape[-2] * k.shape[-2] <= self.explicit_max_entries
         if self.recorder is None and not small:
             # softmax(Q K^T / sqrt(d)) V, fused: the N x L matrix is never stored
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
             few_keys = small and k.shape[-2] < self.keys_major_below
             out, weights = attention_keys_major(q, k, v, mask) if few_keys else attention(q, k, v, mask)
-            if self.recorder is not None:
-                maps, name = self.recorder
-                maps[name].append(weights.detach())
+            self._record(weights)
         b, _, n, _ = out.shape
         # concatenate the heads again: (B, heads, N, d) -> (B, N, heads * d)
         out = out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
@@ -217,8 +226,8 @@ class GEGLU(nn.Module):
         self.proj = Linear(dim_in, 2 * dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
+        # value * GELU(gate), [value | gate] = the projection: one fused kernel on the CPU (fused.py)
+        return geglu(self.proj(x))
 
 
 class FeedForward(nn.Module):
@@ -310,7 +319,7 @@ class SpatialTransformer(nn.Module):
         """
         b, c, h, w = x.shape
         # (B, C, H, W) -> (B, H*W, C): one token per pixel
-        tokens = self.norm(x).flatten(2).transpose(1, 2)
+        tokens = group_norm(self.norm, x, silu=False).flatten(2).transpose(1, 2)
         tokens = self.proj_in(tokens)
         for block in self.transformer_blocks:
             tokens = block(tokens, context)

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 # the CPU shortcuts: Conv3x3 and attention on tiny maps ("tiny_maps"), large linear layers through oneDNN
-# ("linear"); reference_kernels() turns them off
-_shortcuts = {"tiny_maps": True, "linear": True}
+# ("linear"), the fused C kernels of fused.py ("fused"); reference_kernels() turns them off
+_shortcuts = {"tiny_maps": True, "linear": True, "fused": True}
 
 
 def shortcuts_enabled(x: torch.Tensor, kind: str = "tiny_maps") -> bool:
@@ -23,7 +23,7 @@ def shortcuts_enabled(x: torch.Tensor, kind: str = "tiny_maps") -> bool:
 
 
 @contextmanager
-def reference_kernels(tiny_maps: bool = True, linear: bool = True) -> Iterator[None]:
+def reference_kernels(tiny_maps: bool = True, linear: bool = True, fused: bool = True) -> Iterator[None]:
     """Run every layer with its textbook kernel: ``nn.Conv2d``'s convolution, ``F.linear``'s matrix
     product and fused attention.
 
@@ -33,10 +33,12 @@ def reference_kernels(tiny_maps: bool = True, linear: bool = True) -> Iterator[N
 
     :param tiny_maps: turn off the shortcuts of ``Conv3x3`` and attention on tiny maps
     :param linear: turn off :func:`linear`'s oneDNN path
+    :param fused: turn off the fused C kernels (``fused.py``: attention, GroupNorm + SiLU, GEGLU)
     """
     before = dict(_shortcuts)
     _shortcuts["tiny_maps"] = _shortcuts["tiny_maps"] and not tiny_maps
     _shortcuts["linear"] = _shortcuts["linear"] and not linear
+    _shortcuts["fused"] = _shortcuts["fused"] and not fused
     try:
         yield
     finally:

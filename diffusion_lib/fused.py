@@ -1,0 +1,171 @@
+"""Three hot spots of the training step as fused CPU kernels, each beside the PyTorch ops it replaces.
+
+PyTorch runs ``SiLU(GroupNorm(x))`` as two ops, each a trip through memory, and multi-head
+attention on a 4x4 map as a dozen small ops: heads copied out of the projections' rows, three
+batched products of 16 x 16 matrices, a softmax, the heads copied back, and as many again
+backward. On the U-Net's small maps the time goes to those trips and copies, not to arithmetic.
+The C kernels of ``kernels.c`` (built by :mod:`native`) compute each formula in one pass:
+
+* :func:`attention_rows`: ``softmax(Q K^T / sqrt(d)) V`` for every head, reading Q, K, V where
+  the projections wrote them, side by side in each row;
+* :func:`group_norm`: ``SiLU(GroupNorm(x))`` (or the GroupNorm alone) on channels_last maps;
+* :func:`geglu`: ``value * GELU(gate)`` from the projection's output ``[value | gate]``.
+
+Each function runs the PyTorch ops instead where the kernels do not apply: off the CPU, in
+another dtype or layout, inside ``layers.reference_kernels()``, or where the kernels could not be
+built (:func:`native.unavailable_reason` says why). The results are the same up to float rounding
+(``tests/test_fused.py`` compares values and gradients); the weights are the same modules'.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import native
+from .layers import shortcuts_enabled
+
+# the kernels' sequences: at most this many queries times keys (a 4x4 map looking at itself is 256)
+ATTENTION_MAX_ENTRIES = 4096
+
+
+def _kernels(x: torch.Tensor):
+    """The loaded kernels if they may run on ``x`` (float32 on the CPU, shortcuts on), else ``None``."""
+    if x.dtype != torch.float32 or not shortcuts_enabled(x, "fused"):
+        return None
+    return native.library()
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, heads: int):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        b, n, width = q.shape
+        d = width // heads
+        out = torch.empty_like(q)
+        weights_t = q.new_empty(b, heads, k.shape[1], n)  # A^T: the kernel's scores run along the queries
+        native.library().attention_forward(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+                                           weights_t.data_ptr(), b, n, k.shape[1], heads, d, 1.0 / math.sqrt(d),
+                                           torch.get_num_threads())
+        ctx.save_for_backward(q, k, v, weights_t)
+        ctx.heads = heads
+        weights = weights_t.transpose(-2, -1)
+        ctx.mark_non_differentiable(weights)
+        return out, weights
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_weights):
+        q, k, v, weights_t = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        b, n, width = q.shape
+        d = width // ctx.heads
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        native.library().attention_backward(q.data_ptr(), k.data_ptr(), v.data_ptr(), weights_t.data_ptr(),
+                                            grad_out.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), b,
+                                            n, k.shape[1], ctx.heads, d, 1.0 / math.sqrt(d), torch.get_num_threads())
+        return dq, dk, dv, None
+
+
+def attention_rows_applies(q: torch.Tensor, k: torch.Tensor, heads: int) -> bool:
+    """Whether :func:`attention_rows` runs the fused kernel for these projections (else the PyTorch ops)."""
+    return (_kernels(q) is not None and q.shape[1] * k.shape[1] <= ATTENTION_MAX_ENTRIES
+            and k.dtype == torch.float32 and q.shape[-1] % heads == 0)
+
+
+def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Multi-head ``softmax(Q K^T / sqrt(d)) V`` on the projections' rows, fused on the CPU.
+
+    :param q: queries (B, N, heads * d), head ``h`` in columns ``h*d .. (h+1)*d``
+    :param k: keys (B, L, heads * d)
+    :param v: values (B, L, heads * d)
+    :param heads: number of heads
+    :returns: the heads' outputs side by side (B, N, heads * d), and the weights A (B, heads, N, L)
+        (detached: no gradient flows through them; from the kernel, a transposed view)
+    """
+    if not attention_rows_applies(q, k, heads):
+        b, n, width = q.shape
+        d = width // heads
+        # (B, N, heads * d) -> (B, heads, N, d)
+        q_h, k_h, v_h = (t.view(t.shape[0], t.shape[1], heads, d).transpose(1, 2) for t in (q, k, v))
+        # A = softmax(Q K^T / sqrt(d))
+        weights = (q_h @ k_h.transpose(-2, -1) / math.sqrt(d)).softmax(dim=-1)
+        # out = A V, the heads side by side again
+        return (weights @ v_h).transpose(1, 2).reshape(b, n, width), weights.detach()
+    return _Attention.apply(q, k, v, heads)
+
+
+class _GroupNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups: int, eps: float, silu: bool):
+        b, c, h, w = x.shape
+        y = torch.empty_like(x)  # channels_last, as x
+        mean, rstd = x.new_empty(b, groups), x.new_empty(b, groups)
+        native.library().group_norm_forward(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), y.data_ptr(),
+                                            mean.data_ptr(), rstd.data_ptr(), b, h * w, c, groups, eps, int(silu),
+                                            torch.get_num_threads())
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.groups, ctx.silu = groups, silu
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        b, c, h, w = x.shape
+        grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+        dx = torch.empty_like(x)
+        # per sample: summed over the batch below, in a fixed order (the same bits at any thread count)
+        dweight, dbias = x.new_empty(b, c), x.new_empty(b, c)
+        native.library().group_norm_backward(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), mean.data_ptr(),
+                                             rstd.data_ptr(), grad_y.data_ptr(), dx.data_ptr(), dweight.data_ptr(),
+                                             dbias.data_ptr(), b, h * w, c, ctx.groups, int(ctx.silu),
+                                             torch.get_num_threads())
+        return dx, dweight.sum(0), dbias.sum(0), None, None, None
+
+
+def group_norm(norm: nn.GroupNorm, x: torch.Tensor, silu: bool) -> torch.Tensor:
+    """``SiLU(norm(x))`` with ``silu=True``, else ``norm(x)``: one fused kernel on channels_last CPU maps.
+
+    :param norm: an affine ``nn.GroupNorm`` (its weight, bias, groups and eps are used)
+    :param x: (B, C, H, W)
+    :returns: (B, C, H, W), in the memory order of ``x``
+    """
+    if (_kernels(x) is None or x.dim() != 4 or norm.weight is None
+            or not x.is_contiguous(memory_format=torch.channels_last)):
+        return F.silu(norm(x)) if silu else norm(x)
+    return _GroupNorm.apply(x, norm.weight, norm.bias, norm.num_groups, norm.eps, silu)
+
+
+class _GEGLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h):
+        h = h.contiguous()
+        f = h.shape[-1] // 2
+        out = h.new_empty(*h.shape[:-1], f)
+        native.library().geglu_forward(h.data_ptr(), out.data_ptr(), h.numel() // (2 * f), f, torch.get_num_threads())
+        ctx.save_for_backward(h)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (h,) = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        f = h.shape[-1] // 2
+        dh = torch.empty_like(h)
+        native.library().geglu_backward(h.data_ptr(), grad_out.data_ptr(), dh.data_ptr(), h.numel() // (2 * f), f,
+                                        torch.get_num_threads())
+        return dh
+
+
+def geglu(h: torch.Tensor) -> torch.Tensor:
+    """``value * GELU(gate)`` for ``h = [value | gate]`` (the exact, erf-based GELU), fused on the CPU.
+
+    :param h: (..., 2F), the GEGLU projection's output
+    :returns: (..., F)
+    """
+    if _kernels(h) is None or h.shape[-1] % 2:
+        value, gate = h.chunk(2, dim=-1)
+        return value * F.gelu(gate)
+    return _GEGLU.apply(h)
