@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fused import attention_rows, attention_rows_applies, geglu, group_norm
-from .layers import Linear, shortcuts_enabled
+from .layers import Linear, linear, shortcuts_enabled
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -123,6 +123,20 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
 
+    def _forward_fused(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` on the CPU's fused kernel (``fused.attention_rows``): the projections that share
+        an input as one product ([Q | K | V] = x [W_q | W_k | W_v], or Q and [K | V] = c [W_k | W_v]), and all
+        heads read where that product wrote them."""
+        if context is not x:
+            q = self.to_q(x)  # (B, N, heads * d)
+            kv = linear(context, torch.cat([self.to_k.weight, self.to_v.weight]))  # (B, L, 2 heads d)
+            out, weights = attention_rows(q, kv, self.heads)
+        else:
+            qkv = linear(x, torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight]))  # (B, N, 3 heads d)
+            out, weights = attention_rows(qkv, None, self.heads)
+        self._record(weights)
+        return self.to_out(out)
+
     def _record(self, weights: torch.Tensor) -> None:
         """Keep the weights A (B, heads, N, L) when :func:`record_attention` asks for them."""
         if self.recorder is not None:
@@ -140,14 +154,12 @@ class Attention(nn.Module):
         :returns: (B, N, query_dim)
         """
         context = x if context is None else context
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)  # (B, N or L, heads * d)
-        small = shortcuts_enabled(x) and q.shape[-2] * k.shape[-2] <= self.explicit_max_entries
-        if small and key_mask is None and attention_rows_applies(q, k, self.heads):
-            # all heads in one fused CPU kernel, reading them where the projections wrote them (fused.py)
-            out, weights = attention_rows(q, k, v, self.heads)
-            self._record(weights)
-            return self.to_out(out)
-        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, heads, N or L, d)
+        small = shortcuts_enabled(x) and x.shape[1] * context.shape[1] <= self.explicit_max_entries
+        if small and key_mask is None and attention_rows_applies(x, x.shape[1], context.shape[1]):
+            return self._forward_fused(x, context)
+        q = self._split_heads(self.to_q(x))  # (B, heads, N, d)
+        k = self._split_heads(self.to_k(context))  # (B, heads, L, d)
+        v = self._split_heads(self.to_v(context))  # (B, heads, L, d)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
 
         if self.recorder is None and not small:

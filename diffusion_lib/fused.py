@@ -7,7 +7,8 @@ backward. On the U-Net's small maps the time goes to those trips and copies, not
 The C kernels of ``kernels.c`` (built by :mod:`native`) compute each formula in one pass:
 
 * :func:`attention_rows`: ``softmax(Q K^T / sqrt(d)) V`` for every head, reading Q, K, V where
-  the projections wrote them, side by side in each row;
+  the projections wrote them: one packed product [Q | K | V] (or Q and [K | V]), the heads side
+  by side in each row;
 * :func:`group_norm`: ``SiLU(GroupNorm(x))`` (or the GroupNorm alone) on channels_last maps;
 * :func:`geglu`: ``value * GELU(gate)`` from the projection's output ``[value | gate]``.
 
@@ -40,61 +41,82 @@ def _kernels(x: torch.Tensor):
 
 
 class _Attention(torch.autograd.Function):
+    """Multi-head attention over packed projections: ``queries`` (B, N, ...) holds Q in its first
+    ``width`` columns; ``keys_values`` (B, L, 2 width) holds [K | V], or is ``None`` when
+    ``queries`` is a self-attention's [Q | K | V] (B, N, 3 width)."""
+
     @staticmethod
-    def forward(ctx, q, k, v, heads: int):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        b, n, width = q.shape
-        d = width // heads
-        out = torch.empty_like(q)
-        weights_t = q.new_empty(b, heads, k.shape[1], n)  # A^T: the kernel's scores run along the queries
-        native.library().attention_forward(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
-                                           weights_t.data_ptr(), b, n, k.shape[1], heads, d, 1.0 / math.sqrt(d),
-                                           torch.get_num_threads())
-        ctx.save_for_backward(q, k, v, weights_t)
-        ctx.heads = heads
+    def forward(ctx, queries, keys_values, heads: int, width: int):
+        queries = queries.contiguous()
+        kv = queries if keys_values is None else keys_values.contiguous()
+        k_at = width if keys_values is None else 0  # K's first column in kv's rows; V follows it
+        b, n, _ = queries.shape
+        l, d = kv.shape[1], width // heads
+        out = queries.new_empty(b, n, width)
+        weights_t = queries.new_empty(b, heads, l, n)  # A^T: the kernel's scores run along the queries
+        native.library().attention_forward(
+            queries.data_ptr(), kv[..., k_at:].data_ptr(), kv[..., k_at + width:].data_ptr(), out.data_ptr(),
+            weights_t.data_ptr(), b, n, l, heads, d, queries.shape[2], kv.shape[2], 1.0 / math.sqrt(d),
+            torch.get_num_threads())
+        ctx.save_for_backward(queries, kv, weights_t)
+        ctx.heads, ctx.width, ctx.k_at, ctx.packed = heads, width, k_at, keys_values is None
         weights = weights_t.transpose(-2, -1)
         ctx.mark_non_differentiable(weights)
         return out, weights
 
     @staticmethod
     def backward(ctx, grad_out, _grad_weights):
-        q, k, v, weights_t = ctx.saved_tensors
+        queries, kv, weights_t = ctx.saved_tensors
         grad_out = grad_out.contiguous()
-        b, n, width = q.shape
-        d = width // ctx.heads
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        native.library().attention_backward(q.data_ptr(), k.data_ptr(), v.data_ptr(), weights_t.data_ptr(),
-                                            grad_out.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), b,
-                                            n, k.shape[1], ctx.heads, d, 1.0 / math.sqrt(d), torch.get_num_threads())
-        return dq, dk, dv, None
+        b, n, _ = queries.shape
+        l, d, k_at, width = kv.shape[1], ctx.width // ctx.heads, ctx.k_at, ctx.width
+        # the gradients in the inputs' own packing: one buffer for [Q | K | V], or one for Q and one for [K | V]
+        d_queries = torch.empty_like(queries)
+        d_kv = d_queries if ctx.packed else torch.empty_like(kv)
+        native.library().attention_backward(
+            queries.data_ptr(), kv[..., k_at:].data_ptr(), kv[..., k_at + width:].data_ptr(), weights_t.data_ptr(),
+            grad_out.data_ptr(), d_queries.data_ptr(), d_kv[..., k_at:].data_ptr(),
+            d_kv[..., k_at + width:].data_ptr(), b, n, l, ctx.heads, d, queries.shape[2], kv.shape[2],
+            1.0 / math.sqrt(d), torch.get_num_threads())
+        return d_queries, None if ctx.packed else d_kv, None, None
 
 
-def attention_rows_applies(q: torch.Tensor, k: torch.Tensor, heads: int) -> bool:
-    """Whether :func:`attention_rows` runs the fused kernel for these projections (else the PyTorch ops)."""
-    return (_kernels(q) is not None and q.shape[1] * k.shape[1] <= ATTENTION_MAX_ENTRIES
-            and k.dtype == torch.float32 and q.shape[-1] % heads == 0)
+def attention_rows_applies(x: torch.Tensor, queries: int, keys: int) -> bool:
+    """Whether :func:`attention_rows` runs the fused kernel for ``queries`` x ``keys`` on input ``x``."""
+    return _kernels(x) is not None and queries * keys <= ATTENTION_MAX_ENTRIES
 
 
-def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Multi-head ``softmax(Q K^T / sqrt(d)) V`` on the projections' rows, fused on the CPU.
+def _formula(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PyTorch ops that :func:`attention_rows` fuses; same arguments, unpacked."""
+    b, n, width = q.shape
+    d = width // heads
+    # (B, N, heads * d) -> (B, heads, N, d)
+    q_h, k_h, v_h = (t.reshape(t.shape[0], t.shape[1], heads, d).transpose(1, 2) for t in (q, k, v))
+    # A = softmax(Q K^T / sqrt(d))
+    weights = (q_h @ k_h.transpose(-2, -1) / math.sqrt(d)).softmax(dim=-1)
+    # out = A V, the heads side by side again
+    return (weights @ v_h).transpose(1, 2).reshape(b, n, width), weights.detach()
 
-    :param q: queries (B, N, heads * d), head ``h`` in columns ``h*d .. (h+1)*d``
-    :param k: keys (B, L, heads * d)
-    :param v: values (B, L, heads * d)
+
+def attention_rows(queries: torch.Tensor, keys_values: torch.Tensor | None, heads: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Multi-head ``softmax(Q K^T / sqrt(d)) V`` on packed projections, fused on the CPU.
+
+    :param queries: (B, N, heads * d) = Q, or for self-attention (``keys_values=None``) the
+        packed projection [Q | K | V] (B, N, 3 heads d); head ``h`` of each in its columns
+        ``h*d .. (h+1)*d``
+    :param keys_values: (B, L, 2 heads d) = [K | V], or ``None``
     :param heads: number of heads
     :returns: the heads' outputs side by side (B, N, heads * d), and the weights A (B, heads, N, L)
         (detached: no gradient flows through them; from the kernel, a transposed view)
     """
-    if not attention_rows_applies(q, k, heads):
-        b, n, width = q.shape
-        d = width // heads
-        # (B, N, heads * d) -> (B, heads, N, d)
-        q_h, k_h, v_h = (t.view(t.shape[0], t.shape[1], heads, d).transpose(1, 2) for t in (q, k, v))
-        # A = softmax(Q K^T / sqrt(d))
-        weights = (q_h @ k_h.transpose(-2, -1) / math.sqrt(d)).softmax(dim=-1)
-        # out = A V, the heads side by side again
-        return (weights @ v_h).transpose(1, 2).reshape(b, n, width), weights.detach()
-    return _Attention.apply(q, k, v, heads)
+    width = queries.shape[-1] // 3 if keys_values is None else keys_values.shape[-1] // 2
+    kv = queries if keys_values is None else keys_values
+    if not attention_rows_applies(queries, queries.shape[1], kv.shape[1]) or width % heads:
+        q = queries[..., :width]
+        k, v = kv[..., -2 * width:].split(width, dim=-1)
+        return _formula(q, k, v, heads)
+    return _Attention.apply(queries, keys_values, heads, width)
 
 
 class _GroupNorm(torch.autograd.Function):

@@ -17,9 +17,12 @@
 
 /* ---------------------------------------------------------------------------------------------
  * Attention on short sequences: out = softmax(Q K^T * scale) V for every sample and head.
- * q (B, N, H*D), k and v (B, L, H*D): the projections' own layout, the heads side by side in a
- * row, so no head is ever copied out. pt (B, H, L, N) receives A^T, A = softmax(...), kept for
- * the backward pass. Written for the U-Net's tiny maps (N * L <= 4096, D = 16); the caller checks.
+ * Q, K and V are read where the projections wrote them, the heads side by side in a row, so no
+ * head is ever copied out: query i of sample b starts at q[(b N + i) q_stride], key j at
+ * k[(b L + j) kv_stride] (and v likewise); a packed projection [Q | K | V] passes pointers into
+ * its rows and its row width as the stride. out (B, N, H*D) is dense; pt (B, H, L, N) receives
+ * A^T, A = softmax(...), kept for the backward pass. Written for the U-Net's tiny maps
+ * (N * L <= 4096, D = 16); the caller checks.
  *
  * Every loop runs along the N queries (16 of them fill one AVX-512 register) or along a head's D
  * channels, and never sums across a vector: the scores are computed as S^T = K Q^T, so that
@@ -28,18 +31,25 @@
  */
 #define INLINE static inline __attribute__((always_inline))
 
-INLINE void attention_forward_head(const float *restrict q, const float *restrict k, const float *restrict v, float *restrict out, float *restrict pt,
-                                   int64_t n, int64_t l, int64_t w, int64_t d, float scale)
+typedef struct {
+    int64_t n, l, d;      /* queries, keys, head width */
+    int64_t wq, wkv, wo;  /* row strides of q (and dq), of k and v (and dk, dv), of out (and dout) */
+    float scale;
+} Shape;
+
+INLINE void attention_forward_head(const float *restrict q, const float *restrict k, const float *restrict v,
+                                   float *restrict out, float *restrict pt, const int64_t n, const int64_t l,
+                                   const int64_t d, const Shape z)
 {
     float qt[d * n], top[n], total[n], o[n * d];
     for (int64_t i = 0; i < n; i++)
-        for (int64_t c = 0; c < d; c++) qt[c * n + i] = q[i * w + c] * scale;
+        for (int64_t c = 0; c < d; c++) qt[c * n + i] = q[i * z.wq + c] * z.scale;
     /* s_ji = sum_c k_j[c] (q_i[c] * scale), a row of S^T per key j; the running max over keys */
     for (int64_t j = 0; j < l; j++) {
         float *s = pt + j * n;
         for (int64_t i = 0; i < n; i++) s[i] = 0.0f;
         for (int64_t c = 0; c < d; c++) {
-            const float kc = k[j * w + c];
+            const float kc = k[j * z.wkv + c];
 #pragma omp simd
             for (int64_t i = 0; i < n; i++) s[i] += kc * qt[c * n + i];
         }
@@ -63,10 +73,10 @@ INLINE void attention_forward_head(const float *restrict q, const float *restric
     for (int64_t j = 0; j < l; j++)
         for (int64_t i = 0; i < n; i++) {
             const float a = pt[j * n + i];
-            for (int64_t c = 0; c < d; c++) o[i * d + c] += a * v[j * w + c];
+            for (int64_t c = 0; c < d; c++) o[i * d + c] += a * v[j * z.wkv + c];
         }
     for (int64_t i = 0; i < n; i++)
-        for (int64_t c = 0; c < d; c++) out[i * w + c] = o[i * d + c];
+        for (int64_t c = 0; c < d; c++) out[i * z.wo + c] = o[i * d + c];
 }
 
 /* The backward pass of one head, from A^T (pt) and dO:
@@ -75,20 +85,21 @@ INLINE void attention_forward_head(const float *restrict q, const float *restric
  *   dQ_i = scale sum_j dS_ij k_j           dK_j = scale sum_i dS_ij q_i
  * dP and dS are computed transposed too, a row per key, against a local copy of dO^T.
  */
-INLINE void attention_backward_head(const float *restrict q, const float *restrict k, const float *restrict v, const float *restrict pt,
-                                    const float *restrict dout, float *restrict dq, float *restrict dk, float *restrict dv, int64_t n, int64_t l,
-                                    int64_t w, int64_t d, float scale)
+INLINE void attention_backward_head(const float *restrict q, const float *restrict k, const float *restrict v,
+                                    const float *restrict pt, const float *restrict dout, float *restrict dq,
+                                    float *restrict dk, float *restrict dv, const int64_t n, const int64_t l,
+                                    const int64_t d, const Shape z)
 {
     float got[d * n], ds[l * n], along[n], dq_acc[n * d];
     for (int64_t i = 0; i < n; i++)
-        for (int64_t c = 0; c < d; c++) got[c * n + i] = dout[i * w + c];
+        for (int64_t c = 0; c < d; c++) got[c * n + i] = dout[i * z.wo + c];
     for (int64_t i = 0; i < n; i++) along[i] = 0.0f;
     /* dP^T row j: dp_ji = sum_c v_j[c] dO_i[c]; along_i = sum_j a_ij dP_ij */
     for (int64_t j = 0; j < l; j++) {
         float *dp = ds + j * n;
         for (int64_t i = 0; i < n; i++) dp[i] = 0.0f;
         for (int64_t c = 0; c < d; c++) {
-            const float vc = v[j * w + c];
+            const float vc = v[j * z.wkv + c];
 #pragma omp simd
             for (int64_t i = 0; i < n; i++) dp[i] += vc * got[c * n + i];
         }
@@ -98,63 +109,64 @@ INLINE void attention_backward_head(const float *restrict q, const float *restri
     for (int64_t j = 0; j < l; j++) {
         const float *a = pt + j * n;
         float *dsj = ds + j * n;
-        for (int64_t i = 0; i < n; i++) dsj[i] = a[i] * (dsj[i] - along[i]) * scale; /* dS_ij * scale */
+        for (int64_t i = 0; i < n; i++) dsj[i] = a[i] * (dsj[i] - along[i]) * z.scale; /* dS_ij * scale */
         float dk_j[d], dv_j[d];
         for (int64_t c = 0; c < d; c++) dk_j[c] = dv_j[c] = 0.0f;
         for (int64_t i = 0; i < n; i++) {
             const float s = dsj[i], ai = a[i];
             for (int64_t c = 0; c < d; c++) {
-                dq_acc[i * d + c] += s * k[j * w + c];
-                dk_j[c] += s * q[i * w + c];
-                dv_j[c] += ai * dout[i * w + c];
+                dq_acc[i * d + c] += s * k[j * z.wkv + c];
+                dk_j[c] += s * q[i * z.wq + c];
+                dv_j[c] += ai * dout[i * z.wo + c];
             }
         }
         for (int64_t c = 0; c < d; c++) {
-            dk[j * w + c] = dk_j[c];
-            dv[j * w + c] = dv_j[c];
+            dk[j * z.wkv + c] = dk_j[c];
+            dv[j * z.wkv + c] = dv_j[c];
         }
     }
     for (int64_t i = 0; i < n; i++)
-        for (int64_t c = 0; c < d; c++) dq[i * w + c] = dq_acc[i * d + c];
+        for (int64_t c = 0; c < d; c++) dq[i * z.wq + c] = dq_acc[i * d + c];
 }
 
 /* One head with the sizes the U-Net uses as compile-time constants (each loop becomes a few vector
  * instructions), any other size through the general loops. */
-#define BY_SIZE(call, n, d)                                                                               \
-    do {                                                                                                  \
-        if (d == 16 && n == 16) call(16, 16);                                                            \
-        else if (d == 16 && n == 4) call(4, 16);                                                         \
-        else call(n, d);                                                                                 \
+#define BY_SIZE(call, n, d)                         \
+    do {                                            \
+        if (d == 16 && n == 16) call(16, 16);       \
+        else if (d == 16 && n == 4) call(4, 16);    \
+        else call(n, d);                            \
     } while (0)
 
-void attention_forward(const float *restrict q, const float *restrict k, const float *restrict v, float *restrict out, float *restrict pt, int64_t batch,
-                       int64_t n, int64_t l, int64_t heads, int64_t d, float scale, int threads)
+void attention_forward(const float *q, const float *k, const float *v, float *out, float *pt, int64_t batch,
+                       int64_t n, int64_t l, int64_t heads, int64_t d, int64_t q_stride, int64_t kv_stride,
+                       float scale, int threads)
 {
-    const int64_t w = heads * d;
+    const Shape z = {n, l, d, q_stride, kv_stride, heads * d, scale};
 #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
     for (int64_t b = 0; b < batch; b++)
         for (int64_t h = 0; h < heads; h++) {
-            const int64_t at_q = b * n * w + h * d, at_kv = b * l * w + h * d;
+            const int64_t at_q = b * n * z.wq + h * d, at_kv = b * l * z.wkv + h * d, at_o = b * n * z.wo + h * d;
             float *ph = pt + (b * heads + h) * n * l;
-#define FORWARD(N, D) attention_forward_head(q + at_q, k + at_kv, v + at_kv, out + at_q, ph, N, l, w, D, scale)
+#define FORWARD(N, D) attention_forward_head(q + at_q, k + at_kv, v + at_kv, out + at_o, ph, N, l, D, z)
             BY_SIZE(FORWARD, n, d);
 #undef FORWARD
         }
 }
 
-void attention_backward(const float *restrict q, const float *restrict k, const float *restrict v, const float *restrict pt, const float *restrict dout,
-                        float *restrict dq, float *restrict dk, float *restrict dv, int64_t batch, int64_t n, int64_t l, int64_t heads,
-                        int64_t d, float scale, int threads)
+void attention_backward(const float *q, const float *k, const float *v, const float *pt, const float *dout,
+                        float *dq, float *dk, float *dv, int64_t batch, int64_t n, int64_t l, int64_t heads,
+                        int64_t d, int64_t q_stride, int64_t kv_stride, float scale, int threads)
 {
-    const int64_t w = heads * d;
+    const Shape z = {n, l, d, q_stride, kv_stride, heads * d, scale};
 #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
     for (int64_t b = 0; b < batch; b++)
         for (int64_t h = 0; h < heads; h++) {
-            const int64_t at_q = b * n * w + h * d, at_kv = b * l * w + h * d;
+            const int64_t at_q = b * n * z.wq + h * d, at_kv = b * l * z.wkv + h * d, at_o = b * n * z.wo + h * d;
             const float *ph = pt + (b * heads + h) * n * l;
-#define BACKWARD(N, D)                                                                                    \
-    attention_backward_head(q + at_q, k + at_kv, v + at_kv, ph, dout + at_q, dq + at_q, dk + at_kv, dv + at_kv, \
-                            N, l, w, D, scale)
+#define BACKWARD(N, D)                                                                                   \
+    attention_backward_head(q + at_q, k + at_kv, v + at_kv, ph, dout + at_o, dq + at_q, dk + at_kv,     \
+                            dv + at_kv, N, l, D, z)
             BY_SIZE(BACKWARD, n, d);
 #undef BACKWARD
         }
@@ -166,7 +178,8 @@ void attention_backward(const float *restrict q, const float *restrict k, const 
  *   z = gamma_c xhat + beta_c;                           y = z * sigmoid(z)   (or y = z)
  * mean and rstd (B, G) are kept for the backward pass. The variance is the two-pass one.
  */
-void group_norm_forward(const float *restrict x, const float *restrict gamma, const float *restrict beta, float *restrict y, float *restrict mean, float *restrict rstd,
+void group_norm_forward(const float *restrict x, const float *restrict gamma, const float *restrict beta,
+                        float *restrict y, float *restrict mean, float *restrict rstd,
                         int64_t batch, int64_t pixels, int64_t channels, int64_t groups, float eps, int silu,
                         int threads)
 {
@@ -226,8 +239,9 @@ void group_norm_forward(const float *restrict x, const float *restrict gamma, co
  *   dgamma_c = sum dz xhat,  dbeta_c = sum dz            (per sample here: dgamma, dbeta are (B, C))
  *   dx = rstd (gamma dz - mean_g(gamma dz) - xhat mean_g(gamma dz xhat))
  */
-void group_norm_backward(const float *restrict x, const float *restrict gamma, const float *restrict beta, const float *restrict mean,
-                         const float *restrict rstd, const float *restrict dy, float *restrict dx, float *restrict dgamma, float *restrict dbeta, int64_t batch,
+void group_norm_backward(const float *restrict x, const float *restrict gamma, const float *restrict beta,
+                         const float *restrict mean, const float *restrict rstd, const float *restrict dy,
+                         float *restrict dx, float *restrict dgamma, float *restrict dbeta, int64_t batch,
                          int64_t pixels, int64_t channels, int64_t groups, int silu, int threads)
 {
     const int64_t per_group = channels / groups;
@@ -302,7 +316,8 @@ void geglu_forward(const float *restrict h, float *restrict out, int64_t rows, i
 }
 
 /* dh = [dout GELU(gate) | dout value GELU'(gate)] */
-void geglu_backward(const float *restrict h, const float *restrict dout, float *restrict dh, int64_t rows, int64_t f, int threads)
+void geglu_backward(const float *restrict h, const float *restrict dout, float *restrict dh, int64_t rows, int64_t f,
+                    int threads)
 {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
