@@ -43,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .allocator import keep_freed_memory
 from .autoencoder import AutoencoderConfig, AutoencoderKL, vae_loss
 from .denoiser import Denoiser, default_denoiser_config
-from .device import default_channels_last, synchronize
+from .device import default_channels_last, fused_optimizer, synchronize
 from .layers import ONEDNN_X86, reference_kernels
 from .pipeline import Pipeline
 from .text_encoder import prompt_table
@@ -136,7 +136,9 @@ def training_inputs(prompts: torch.Tensor, batch: int, device: torch.device, cha
 def training_step(model: torch.nn.Module, inputs, distinct_prompts: bool = True):
     """One full training step of a denoiser-like ``model(x, t, tokens[, prompt_index])`` (a closure)."""
     x, t, prompts, index = inputs
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    # the trainer's optimizer: fused AdamW on the CPU and CUDA, foreach ops on MPS
+    fused = fused_optimizer(x.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused, foreach=None if fused else True)
     # stored like x, as the trainer stores it
     noise = torch.empty_like(x).copy_(torch.randn(x.shape, generator=torch.Generator().manual_seed(1)))
 

@@ -76,8 +76,13 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def fused_optimizer(device: torch.device) -> bool:
-    """Whether AdamW runs as one fused kernel (CUDA) rather than torch's foreach ops (MPS, CPU)."""
-    return device.type == "cuda"
+    """Whether AdamW runs as one fused kernel (CUDA, CPU) rather than torch's foreach ops (MPS).
+
+    On the CPU the fused step of the default denoiser takes ~2 ms against ~7 ms for the foreach one
+    (2 threads): the foreach ops loop over its ~350 small tensors a dozen times and read each step
+    count back with ``.item()``. A training step at batch 256 takes ~170 ms.
+    """
+    return device.type in ("cuda", "cpu")
 
 
 def accumulator_dtype(device: torch.device) -> torch.dtype:

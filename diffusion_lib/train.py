@@ -501,7 +501,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) 
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # fused: one kernel for the whole update on a CUDA GPU; foreach: batched ops elsewhere
+    # fused: one kernel for the whole update (CUDA, CPU); foreach: batched ops elsewhere (MPS)
     fused = fused_optimizer(device)
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused,
                              foreach=None if fused else True)

@@ -58,7 +58,7 @@ def test_a_missing_gpu_or_an_unknown_name_is_a_clear_error(gpus):
 @pytest.mark.parametrize("kind, autocast, fused, channels_last, backend, sums", [
     ("cuda", torch.bfloat16, True, False, "nccl", torch.float64),
     ("mps", None, False, False, None, torch.float32),
-    ("cpu", None, False, True, "gloo", torch.float64),
+    ("cpu", None, True, True, "gloo", torch.float64),
 ])
 def test_device_dependent_choices(kind, autocast, fused, channels_last, backend, sums):
     dev = torch.device(kind)

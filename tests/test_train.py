@@ -227,12 +227,13 @@ def test_resume_reproduces_an_uninterrupted_run_bitwise(two_epochs, one_epoch, t
     assert [json.loads(line)["epoch"] for line in (run / "train_log.jsonl").read_text().splitlines()] == [1, 2]
 
 
-def test_resume_with_a_fused_optimizer_in_channels_last_is_bitwise_exact(vae_dir, tmp_path, monkeypatch):
-    """CUDA's fused AdamW walks a parameter and its moments in memory order. A resumed run loads the moments
-    contiguous while channels_last parameters are not: they must be given the parameter's order (they were
-    not, and the resumed run drifted by ~5e-3 in the weights). Fused AdamW runs on the CPU too, so this is
-    tested here."""
-    monkeypatch.setattr(train_module, "fused_optimizer", lambda device: True)
+@pytest.mark.parametrize("fused", [True, False])
+def test_resume_with_either_optimizer_in_channels_last_is_bitwise_exact(vae_dir, tmp_path, monkeypatch, fused):
+    """The fused AdamW (CUDA's and the CPU's default) walks a parameter and its moments in memory order. A
+    resumed run loads the moments contiguous while channels_last parameters are not: they must be given the
+    parameter's order (they were not, and the resumed run drifted by ~5e-3 in the weights). The foreach
+    AdamW (MPS's) follows the strides; it is tested here on the CPU."""
+    monkeypatch.setattr(train_module, "fused_optimizer", lambda device: fused)
     reference, run = tmp_path / "reference", tmp_path / "run"
     train(tiny(reference, vae_dir, epochs=2, channels_last=True))
     train(tiny(run, vae_dir, epochs=1, channels_last=True))
