@@ -9,7 +9,8 @@ The C kernels of ``kernels.c`` (built by :mod:`native`) compute each formula in 
 * :func:`attention_rows`: ``softmax(Q K^T / sqrt(d)) V`` for every head, reading Q, K, V where
   the projections wrote them: one packed product [Q | K | V] (or Q and [K | V]), the heads side
   by side in each row;
-* :func:`group_norm`: ``SiLU(GroupNorm(x))`` (or the GroupNorm alone) on channels_last maps;
+* :func:`group_norm`: ``SiLU(GroupNorm(x + shift))`` (or the GroupNorm alone, the shift optional) on
+  channels_last maps;
 * :func:`geglu`: ``value * GELU(gate)`` from the projection's output ``[value | gate]``.
 
 Each function runs the PyTorch ops instead where the kernels do not apply: off the CPU, in
@@ -121,43 +122,52 @@ def attention_rows(queries: torch.Tensor, keys_values: torch.Tensor | None, head
 
 class _GroupNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, groups: int, eps: float, silu: bool):
+    def forward(ctx, x, shift, weight, bias, groups: int, eps: float, silu: bool):
         b, c, h, w = x.shape
         y = torch.empty_like(x)  # channels_last, as x
         mean, rstd = x.new_empty(b, groups), x.new_empty(b, groups)
-        native.library().group_norm_forward(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), y.data_ptr(),
-                                            mean.data_ptr(), rstd.data_ptr(), b, h * w, c, groups, eps, int(silu),
-                                            torch.get_num_threads())
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        shift = None if shift is None else shift.contiguous()
+        native.library().group_norm_forward(
+            x.data_ptr(), None if shift is None else shift.data_ptr(), weight.data_ptr(), bias.data_ptr(),
+            y.data_ptr(), mean.data_ptr(), rstd.data_ptr(), b, h * w, c, groups, eps, int(silu),
+            torch.get_num_threads())
+        ctx.save_for_backward(x, shift, weight, bias, mean, rstd)
         ctx.groups, ctx.silu = groups, silu
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, weight, bias, mean, rstd = ctx.saved_tensors
+        x, shift, weight, bias, mean, rstd = ctx.saved_tensors
         b, c, h, w = x.shape
         grad_y = grad_y.contiguous(memory_format=torch.channels_last)
         dx = torch.empty_like(x)
+        dshift = None if shift is None else torch.empty_like(shift)
         # per sample: summed over the batch below, in a fixed order (the same bits at any thread count)
         dweight, dbias = x.new_empty(b, c), x.new_empty(b, c)
-        native.library().group_norm_backward(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), mean.data_ptr(),
-                                             rstd.data_ptr(), grad_y.data_ptr(), dx.data_ptr(), dweight.data_ptr(),
-                                             dbias.data_ptr(), b, h * w, c, ctx.groups, int(ctx.silu),
-                                             torch.get_num_threads())
-        return dx, dweight.sum(0), dbias.sum(0), None, None, None
+        native.library().group_norm_backward(
+            x.data_ptr(), None if shift is None else shift.data_ptr(), weight.data_ptr(), bias.data_ptr(),
+            mean.data_ptr(), rstd.data_ptr(), grad_y.data_ptr(), dx.data_ptr(),
+            None if dshift is None else dshift.data_ptr(), dweight.data_ptr(), dbias.data_ptr(), b, h * w, c,
+            ctx.groups, int(ctx.silu), torch.get_num_threads())
+        return dx, dshift, dweight.sum(0), dbias.sum(0), None, None, None
 
 
-def group_norm(norm: nn.GroupNorm, x: torch.Tensor, silu: bool) -> torch.Tensor:
-    """``SiLU(norm(x))`` with ``silu=True``, else ``norm(x)``: one fused kernel on channels_last CPU maps.
+def group_norm(norm: nn.GroupNorm, x: torch.Tensor, silu: bool, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """``SiLU(norm(x + shift))`` with ``silu=True``, else ``norm(x + shift)``: one fused kernel on channels_last
+    CPU maps.
 
     :param norm: an affine ``nn.GroupNorm`` (its weight, bias, groups and eps are used)
     :param x: (B, C, H, W)
+    :param shift: optional (B, C), added to every pixel of ``x`` first (a ResBlock's time embedding)
     :returns: (B, C, H, W), in the memory order of ``x``
     """
     if (_kernels(x) is None or x.dim() != 4 or norm.weight is None
-            or not x.is_contiguous(memory_format=torch.channels_last)):
+            or not x.is_contiguous(memory_format=torch.channels_last)
+            or (shift is not None and shift.shape != x.shape[:2])):
+        if shift is not None:
+            x = x + shift[:, :, None, None]
         return F.silu(norm(x)) if silu else norm(x)
-    return _GroupNorm.apply(x, norm.weight, norm.bias, norm.num_groups, norm.eps, silu)
+    return _GroupNorm.apply(x, shift, norm.weight, norm.bias, norm.num_groups, norm.eps, silu)
 
 
 class _GEGLU(torch.autograd.Function):

@@ -173,13 +173,15 @@ void attention_backward(const float *q, const float *k, const float *v, const fl
 }
 
 /* ---------------------------------------------------------------------------------------------
- * GroupNorm, optionally followed by SiLU, on channels_last maps: x (B, P, C) with P = H*W pixels.
- *   mean_g, var_g over the P * C/G values of group g;   xhat = (x - mean_g) / sqrt(var_g + eps)
- *   z = gamma_c xhat + beta_c;                           y = z * sigmoid(z)   (or y = z)
+ * GroupNorm, optionally after adding a shift per sample and channel and before a SiLU, on
+ * channels_last maps: x (B, P, C) with P = H*W pixels, shift (B, C) or NULL.
+ *   u = x + shift_bc (the ResBlock's time embedding)
+ *   mean_g, var_g over the P * C/G values of group g of u;   uhat = (u - mean_g) / sqrt(var_g + eps)
+ *   z = gamma_c uhat + beta_c;                                y = z * sigmoid(z)   (or y = z)
  * mean and rstd (B, G) are kept for the backward pass. The variance is the two-pass one.
  */
-void group_norm_forward(const float *restrict x, const float *restrict gamma, const float *restrict beta,
-                        float *restrict y, float *restrict mean, float *restrict rstd,
+void group_norm_forward(const float *restrict x, const float *restrict shift, const float *restrict gamma,
+                        const float *restrict beta, float *restrict y, float *restrict mean, float *restrict rstd,
                         int64_t batch, int64_t pixels, int64_t channels, int64_t groups, float eps, int silu,
                         int threads)
 {
@@ -189,22 +191,27 @@ void group_norm_forward(const float *restrict x, const float *restrict gamma, co
     for (int64_t b = 0; b < batch; b++) {
         const float *xb = x + b * pixels * channels;
         float *yb = y + b * pixels * channels;
-        float sums[channels], scale_c[channels], shift_c[channels], m[groups], r[groups];
-        for (int64_t c = 0; c < channels; c++) sums[c] = 0.0f;
+        float sums[channels], add[channels], centre[channels], scale_c[channels], shift_c[channels];
+        float m[groups], r[groups];
+        for (int64_t c = 0; c < channels; c++) {
+            sums[c] = 0.0f;
+            add[c] = shift ? shift[b * channels + c] : 0.0f;
+        }
         for (int64_t t = 0; t < pixels; t++)
             for (int64_t c = 0; c < channels; c++) sums[c] += xb[t * channels + c];
         for (int64_t g = 0; g < groups; g++) {
             float s = 0.0f;
-            for (int64_t c = g * per_group; c < (g + 1) * per_group; c++) s += sums[c];
+            for (int64_t c = g * per_group; c < (g + 1) * per_group; c++) s += sums[c] + pixels * add[c];
             m[g] = s / count;
         }
+        /* u - mean_g = x - (mean_g - shift_bc) */
         for (int64_t c = 0; c < channels; c++) {
             sums[c] = 0.0f;
-            scale_c[c] = m[c / per_group]; /* the group's mean, per channel */
+            centre[c] = m[c / per_group] - add[c];
         }
         for (int64_t t = 0; t < pixels; t++)
             for (int64_t c = 0; c < channels; c++) {
-                const float centred = xb[t * channels + c] - scale_c[c];
+                const float centred = xb[t * channels + c] - centre[c];
                 sums[c] += centred * centred;
             }
         for (int64_t g = 0; g < groups; g++) {
@@ -214,11 +221,10 @@ void group_norm_forward(const float *restrict x, const float *restrict gamma, co
             mean[b * groups + g] = m[g];
             rstd[b * groups + g] = r[g];
         }
-        /* z = x * (gamma rstd) + (beta - mean gamma rstd) */
+        /* z = x * (gamma rstd) + (beta - (mean - shift) gamma rstd) */
         for (int64_t c = 0; c < channels; c++) {
-            const int64_t g = c / per_group;
-            scale_c[c] = gamma[c] * r[g];
-            shift_c[c] = beta[c] - m[g] * scale_c[c];
+            scale_c[c] = gamma[c] * r[c / per_group];
+            shift_c[c] = beta[c] - centre[c] * scale_c[c];
         }
         for (int64_t t = 0; t < pixels; t++) {
             const float *xt = xb + t * channels;
@@ -234,15 +240,17 @@ void group_norm_forward(const float *restrict x, const float *restrict gamma, co
     }
 }
 
-/* The backward pass, from x, mean, rstd and dy:
+/* The backward pass, from x, shift, mean, rstd and dy:
  *   dz = dy * s (1 + z (1 - s)) with s = sigmoid(z)      (SiLU'; dz = dy without SiLU)
- *   dgamma_c = sum dz xhat,  dbeta_c = sum dz            (per sample here: dgamma, dbeta are (B, C))
- *   dx = rstd (gamma dz - mean_g(gamma dz) - xhat mean_g(gamma dz xhat))
+ *   dgamma_c = sum dz uhat,  dbeta_c = sum dz            (per sample here: dgamma, dbeta are (B, C))
+ *   dx = du = rstd (gamma dz - mean_g(gamma dz) - uhat mean_g(gamma dz uhat))
+ *   dshift_bc = sum over pixels of du                    (when dshift is not NULL)
  */
-void group_norm_backward(const float *restrict x, const float *restrict gamma, const float *restrict beta,
-                         const float *restrict mean, const float *restrict rstd, const float *restrict dy,
-                         float *restrict dx, float *restrict dgamma, float *restrict dbeta, int64_t batch,
-                         int64_t pixels, int64_t channels, int64_t groups, int silu, int threads)
+void group_norm_backward(const float *restrict x, const float *restrict shift, const float *restrict gamma,
+                         const float *restrict beta, const float *restrict mean, const float *restrict rstd,
+                         const float *restrict dy, float *restrict dx, float *restrict dshift,
+                         float *restrict dgamma, float *restrict dbeta, int64_t batch, int64_t pixels,
+                         int64_t channels, int64_t groups, int silu, int threads)
 {
     const int64_t per_group = channels / groups;
     const float count = (float)(pixels * per_group);
@@ -250,14 +258,15 @@ void group_norm_backward(const float *restrict x, const float *restrict gamma, c
     for (int64_t b = 0; b < batch; b++) {
         const float *xb = x + b * pixels * channels, *dyb = dy + b * pixels * channels;
         float *dxb = dx + b * pixels * channels, *dg = dgamma + b * channels, *db = dbeta + b * channels;
-        float scale_c[channels], shift_c[channels], m_c[channels], r_c[channels], k1[groups], k2[groups];
+        float scale_c[channels], shift_c[channels], centre[channels], r_c[channels], k1[groups], k2[groups];
+        float du_sum[channels];
         for (int64_t c = 0; c < channels; c++) {
             const int64_t g = c / per_group;
-            m_c[c] = mean[b * groups + g];
+            centre[c] = mean[b * groups + g] - (shift ? shift[b * channels + c] : 0.0f);
             r_c[c] = rstd[b * groups + g];
             scale_c[c] = gamma[c] * r_c[c];
-            shift_c[c] = beta[c] - m_c[c] * scale_c[c];
-            dg[c] = db[c] = 0.0f;
+            shift_c[c] = beta[c] - centre[c] * scale_c[c];
+            dg[c] = db[c] = du_sum[c] = 0.0f;
         }
         /* first pass: dz (kept in dx) and the sums over pixels */
         for (int64_t t = 0; t < pixels; t++) {
@@ -271,11 +280,11 @@ void group_norm_backward(const float *restrict x, const float *restrict gamma, c
                     dz *= s * (1.0f + z * (1.0f - s));
                 }
                 dzt[c] = dz;
-                dg[c] += dz * (xt[c] - m_c[c]) * r_c[c];
+                dg[c] += dz * (xt[c] - centre[c]) * r_c[c];
                 db[c] += dz;
             }
         }
-        /* k1 = mean_g(gamma dz), k2 = mean_g(gamma dz xhat) */
+        /* k1 = mean_g(gamma dz), k2 = mean_g(gamma dz uhat) */
         for (int64_t g = 0; g < groups; g++) {
             float s1 = 0.0f, s2 = 0.0f;
             for (int64_t c = g * per_group; c < (g + 1) * per_group; c++) {
@@ -289,15 +298,18 @@ void group_norm_backward(const float *restrict x, const float *restrict gamma, c
             shift_c[c] = k1[c / per_group];
             scale_c[c] = k2[c / per_group];
         }
-        /* second pass: dx = rstd (gamma dz - k1 - xhat k2) */
+        /* second pass: dx = rstd (gamma dz - k1 - uhat k2) */
         for (int64_t t = 0; t < pixels; t++) {
             const float *xt = xb + t * channels;
             float *dxt = dxb + t * channels;
             for (int64_t c = 0; c < channels; c++) {
-                const float xhat = (xt[c] - m_c[c]) * r_c[c];
-                dxt[c] = r_c[c] * (gamma[c] * dxt[c] - shift_c[c] - xhat * scale_c[c]);
+                const float uhat = (xt[c] - centre[c]) * r_c[c];
+                dxt[c] = r_c[c] * (gamma[c] * dxt[c] - shift_c[c] - uhat * scale_c[c]);
+                du_sum[c] += dxt[c];
             }
         }
+        if (dshift)
+            for (int64_t c = 0; c < channels; c++) dshift[b * channels + c] = du_sum[c];
     }
 }
 

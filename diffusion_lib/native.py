@@ -43,8 +43,8 @@ _F, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 SIGNATURES = {
     "attention_forward": [_F] * 5 + [_I64] * 7 + [ctypes.c_float, _INT],
     "attention_backward": [_F] * 8 + [_I64] * 7 + [ctypes.c_float, _INT],
-    "group_norm_forward": [_F] * 6 + [_I64] * 4 + [ctypes.c_float, _INT, _INT],
-    "group_norm_backward": [_F] * 9 + [_I64] * 4 + [_INT, _INT],
+    "group_norm_forward": [_F] * 7 + [_I64] * 4 + [ctypes.c_float, _INT, _INT],
+    "group_norm_backward": [_F] * 11 + [_I64] * 4 + [_INT, _INT],
     "geglu_forward": [_F] * 2 + [_I64] * 2 + [_INT],
     "geglu_backward": [_F] * 3 + [_I64] * 2 + [_INT],
 }

@@ -172,9 +172,10 @@ class ResBlock(nn.Module):
         """
         # SiLU(GN(x)): one fused kernel on channels_last CPU maps (fused.py)
         h = self.conv1(group_norm(self.norm1, x, silu=True))
-        # h = h + Linear(SiLU(emb))[:, :, None, None]   (time injection: one bias per channel)
-        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
-        h = self.conv2(self.dropout(group_norm(self.norm2, h, silu=True)))
+        # h = h + Linear(SiLU(emb))[:, :, None, None]   (time injection: one bias per channel),
+        # added inside the next SiLU(GN(h)) (one pass over h on the CPU)
+        time_shift = self.emb_proj(F.silu(emb))  # (B, C_out)
+        h = self.conv2(self.dropout(group_norm(self.norm2, h, silu=True, shift=time_shift)))
         return self.skip(x) + h
 
 
