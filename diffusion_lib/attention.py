@@ -123,14 +123,16 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
 
-    def _forward_fused(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def _forward_fused(self, x: torch.Tensor, context: torch.Tensor, context_index: torch.Tensor | None
+                       ) -> torch.Tensor:
         """:meth:`forward` on the CPU's fused kernel (``fused.attention_rows``): the projections that share
-        an input as one product ([Q | K | V] = x [W_q | W_k | W_v], or Q and [K | V] = c [W_k | W_v]), and all
-        heads read where that product wrote them."""
+        an input as one product ([Q | K | V] = x [W_q | W_k | W_v], or Q and [K | V] = c [W_k | W_v], on the
+        distinct prompts only when ``context_index`` is given), and all heads read where that product wrote
+        them."""
         if context is not x:
             q = self.to_q(x)  # (B, N, heads * d)
-            kv = linear(context, torch.cat([self.to_k.weight, self.to_v.weight]))  # (B, L, 2 heads d)
-            out, weights = attention_rows(q, kv, self.heads)
+            kv = linear(context, torch.cat([self.to_k.weight, self.to_v.weight]))  # (B or P, L, 2 heads d)
+            out, weights = attention_rows(q, kv, self.heads, context_index)
         else:
             qkv = linear(x, torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight]))  # (B, N, 3 heads d)
             out, weights = attention_rows(qkv, None, self.heads)
@@ -144,19 +146,24 @@ class Attention(nn.Module):
             maps[name].append(weights.detach())
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, key_mask: torch.Tensor | None = None
+        self, x: torch.Tensor, context: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
+        context_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         :param x: (B, N, query_dim)
         :param context: (B, L, context_dim), or ``None`` for self-attention
         :param key_mask: optional bool (B, L); ``False`` marks context positions
             nobody may attend to (padding)
+        :param context_index: optional (B,): example ``b`` attends to ``context[context_index[b]]``,
+            ``context`` then holding the P distinct prompts of the batch (P, L, context_dim)
         :returns: (B, N, query_dim)
         """
         context = x if context is None else context
         small = shortcuts_enabled(x) and x.shape[1] * context.shape[1] <= self.explicit_max_entries
         if small and key_mask is None and attention_rows_applies(x, x.shape[1], context.shape[1]):
-            return self._forward_fused(x, context)
+            return self._forward_fused(x, context, context_index)
+        if context_index is not None:
+            context = context[context_index]  # (B, L, context_dim): each example's own prompt
         q = self._split_heads(self.to_q(x))  # (B, heads, N, d)
         k = self._split_heads(self.to_k(context))  # (B, heads, L, d)
         v = self._split_heads(self.to_v(context))  # (B, heads, L, d)
@@ -272,16 +279,18 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, ff_mult, dropout)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_index: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """
         :param x: (B, N, dim) pixels as tokens
-        :param context: (B, L, context_dim) prompt tokens
+        :param context: (B, L, context_dim) prompt tokens; or (P, L, context_dim) with ``context_index``
+        :param context_index: optional (B,) row of ``context`` that each example uses
         :returns: (B, N, dim)
         """
         # x = x + SelfAttention(LN(x))        pixels look at pixels
         x = x + self.attn1(self.norm1(x))
         # x = x + CrossAttention(LN(x), c)    pixels look at the prompt
-        x = x + self.attn2(self.norm2(x), context)
+        x = x + self.attn2(self.norm2(x), context, context_index=context_index)
         # x = x + FF(LN(x))
         x = x + self.ff(self.norm3(x))
         return x
@@ -323,10 +332,12 @@ class SpatialTransformer(nn.Module):
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_index: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """
         :param x: (B, C, H, W)
-        :param context: (B, L, context_dim)
+        :param context: (B, L, context_dim); or (P, L, context_dim) with ``context_index``
+        :param context_index: optional (B,) row of ``context`` that each example uses
         :returns: (B, C, H, W)
         """
         b, c, h, w = x.shape
@@ -334,7 +345,7 @@ class SpatialTransformer(nn.Module):
         tokens = group_norm(self.norm, x, silu=False).flatten(2).transpose(1, 2)
         tokens = self.proj_in(tokens)
         for block in self.transformer_blocks:
-            tokens = block(tokens, context)
+            tokens = block(tokens, context, context_index)
         tokens = self.proj_out(tokens)
         # back to a map; residual connection around the whole transformer
         return x + tokens.transpose(1, 2).reshape(b, c, h, w)

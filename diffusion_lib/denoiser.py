@@ -127,9 +127,9 @@ class Denoiser(nn.Module):
         :returns: (B, 4, h, w), ``eps`` or ``v`` according to ``config.prediction_type``
         """
         context = self.prompt_encoder(tokens)  # (B or P, L, D)
-        if prompt_index is not None:
-            context = context[prompt_index]  # (B, L, D)
-        return self.unet(x_t, t, context)
+        # with prompt_index, the U-Net looks each example's context up itself (context[prompt_index], (B, L, D)),
+        # where it is cheapest: the cross-attentions project the P distinct prompts only
+        return self.unet(x_t, t, context, context_index=prompt_index)
 
 
 def save_denoiser(

@@ -43,11 +43,12 @@ def _kernels(x: torch.Tensor):
 
 class _Attention(torch.autograd.Function):
     """Multi-head attention over packed projections: ``queries`` (B, N, ...) holds Q in its first
-    ``width`` columns; ``keys_values`` (B, L, 2 width) holds [K | V], or is ``None`` when
-    ``queries`` is a self-attention's [Q | K | V] (B, N, 3 width)."""
+    ``width`` columns; ``keys_values`` (B or P, L, 2 width) holds [K | V] (with ``kv_index`` (B,),
+    sample b uses row ``kv_index[b]``), or is ``None`` when ``queries`` is a self-attention's
+    [Q | K | V] (B, N, 3 width)."""
 
     @staticmethod
-    def forward(ctx, queries, keys_values, heads: int, width: int):
+    def forward(ctx, queries, keys_values, kv_index, heads: int, width: int):
         queries = queries.contiguous()
         kv = queries if keys_values is None else keys_values.contiguous()
         k_at = width if keys_values is None else 0  # K's first column in kv's rows; V follows it
@@ -55,11 +56,12 @@ class _Attention(torch.autograd.Function):
         l, d = kv.shape[1], width // heads
         out = queries.new_empty(b, n, width)
         weights_t = queries.new_empty(b, heads, l, n)  # A^T: the kernel's scores run along the queries
+        index = None if kv_index is None else kv_index.to(torch.int64).contiguous()
         native.library().attention_forward(
-            queries.data_ptr(), kv[..., k_at:].data_ptr(), kv[..., k_at + width:].data_ptr(), out.data_ptr(),
-            weights_t.data_ptr(), b, n, l, heads, d, queries.shape[2], kv.shape[2], 1.0 / math.sqrt(d),
-            torch.get_num_threads())
-        ctx.save_for_backward(queries, kv, weights_t)
+            queries.data_ptr(), kv[..., k_at:].data_ptr(), kv[..., k_at + width:].data_ptr(),
+            None if index is None else index.data_ptr(), out.data_ptr(), weights_t.data_ptr(), b, n, l, heads, d,
+            queries.shape[2], kv.shape[2], 1.0 / math.sqrt(d), torch.get_num_threads())
+        ctx.save_for_backward(queries, kv, index, weights_t)
         ctx.heads, ctx.width, ctx.k_at, ctx.packed = heads, width, k_at, keys_values is None
         weights = weights_t.transpose(-2, -1)
         ctx.mark_non_differentiable(weights)
@@ -67,19 +69,25 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_weights):
-        queries, kv, weights_t = ctx.saved_tensors
+        queries, kv, index, weights_t = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         b, n, _ = queries.shape
         l, d, k_at, width = kv.shape[1], ctx.width // ctx.heads, ctx.k_at, ctx.width
         # the gradients in the inputs' own packing: one buffer for [Q | K | V], or one for Q and one for [K | V]
+        # (with an index: one row per sample, summed into the shared rows below)
         d_queries = torch.empty_like(queries)
-        d_kv = d_queries if ctx.packed else torch.empty_like(kv)
+        if ctx.packed:
+            d_kv = d_queries
+        else:
+            d_kv = kv.new_empty(b, l, kv.shape[2]) if index is not None else torch.empty_like(kv)
         native.library().attention_backward(
-            queries.data_ptr(), kv[..., k_at:].data_ptr(), kv[..., k_at + width:].data_ptr(), weights_t.data_ptr(),
-            grad_out.data_ptr(), d_queries.data_ptr(), d_kv[..., k_at:].data_ptr(),
-            d_kv[..., k_at + width:].data_ptr(), b, n, l, ctx.heads, d, queries.shape[2], kv.shape[2],
-            1.0 / math.sqrt(d), torch.get_num_threads())
-        return d_queries, None if ctx.packed else d_kv, None, None
+            queries.data_ptr(), kv[..., k_at:].data_ptr(), kv[..., k_at + width:].data_ptr(),
+            None if index is None else index.data_ptr(), weights_t.data_ptr(), grad_out.data_ptr(),
+            d_queries.data_ptr(), d_kv[..., k_at:].data_ptr(), d_kv[..., k_at + width:].data_ptr(), b, n, l,
+            ctx.heads, d, queries.shape[2], kv.shape[2], 1.0 / math.sqrt(d), torch.get_num_threads())
+        if index is not None:
+            d_kv = torch.zeros_like(kv).index_add_(0, index, d_kv)
+        return d_queries, None if ctx.packed else d_kv, None, None, None
 
 
 def attention_rows_applies(x: torch.Tensor, queries: int, keys: int) -> bool:
@@ -99,25 +107,29 @@ def _formula(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> t
     return (weights @ v_h).transpose(1, 2).reshape(b, n, width), weights.detach()
 
 
-def attention_rows(queries: torch.Tensor, keys_values: torch.Tensor | None, heads: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_rows(queries: torch.Tensor, keys_values: torch.Tensor | None, heads: int,
+                   kv_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Multi-head ``softmax(Q K^T / sqrt(d)) V`` on packed projections, fused on the CPU.
 
     :param queries: (B, N, heads * d) = Q, or for self-attention (``keys_values=None``) the
         packed projection [Q | K | V] (B, N, 3 heads d); head ``h`` of each in its columns
         ``h*d .. (h+1)*d``
-    :param keys_values: (B, L, 2 heads d) = [K | V], or ``None``
+    :param keys_values: (B, L, 2 heads d) = [K | V], or ``None``; with ``kv_index``, (P, L, 2 heads d)
     :param heads: number of heads
+    :param kv_index: optional (B,): sample ``b`` attends to row ``kv_index[b]`` of ``keys_values``
+        (the P distinct prompts of a batch, projected once each)
     :returns: the heads' outputs side by side (B, N, heads * d), and the weights A (B, heads, N, L)
         (detached: no gradient flows through them; from the kernel, a transposed view)
     """
     width = queries.shape[-1] // 3 if keys_values is None else keys_values.shape[-1] // 2
     kv = queries if keys_values is None else keys_values
     if not attention_rows_applies(queries, queries.shape[1], kv.shape[1]) or width % heads:
+        if kv_index is not None:
+            kv = kv[kv_index]
         q = queries[..., :width]
         k, v = kv[..., -2 * width:].split(width, dim=-1)
         return _formula(q, k, v, heads)
-    return _Attention.apply(queries, keys_values, heads, width)
+    return _Attention.apply(queries, keys_values, kv_index, heads, width)
 
 
 class _GroupNorm(torch.autograd.Function):

@@ -19,7 +19,8 @@
  * Attention on short sequences: out = softmax(Q K^T * scale) V for every sample and head.
  * Q, K and V are read where the projections wrote them, the heads side by side in a row, so no
  * head is ever copied out: query i of sample b starts at q[(b N + i) q_stride], key j at
- * k[(b L + j) kv_stride] (and v likewise); a packed projection [Q | K | V] passes pointers into
+ * k[(b L + j) kv_stride] (and v likewise), or of row kv_index[b] when the samples share a few
+ * rows (the distinct prompts of a batch); a packed projection [Q | K | V] passes pointers into
  * its rows and its row width as the stride. out (B, N, H*D) is dense; pt (B, H, L, N) receives
  * A^T, A = softmax(...), kept for the backward pass. Written for the U-Net's tiny maps
  * (N * L <= 4096, D = 16); the caller checks.
@@ -138,15 +139,17 @@ INLINE void attention_backward_head(const float *restrict q, const float *restri
         else call(n, d);                            \
     } while (0)
 
-void attention_forward(const float *q, const float *k, const float *v, float *out, float *pt, int64_t batch,
-                       int64_t n, int64_t l, int64_t heads, int64_t d, int64_t q_stride, int64_t kv_stride,
-                       float scale, int threads)
+void attention_forward(const float *q, const float *k, const float *v, const int64_t *kv_index, float *out,
+                       float *pt, int64_t batch, int64_t n, int64_t l, int64_t heads, int64_t d, int64_t q_stride,
+                       int64_t kv_stride, float scale, int threads)
 {
     const Shape z = {n, l, d, q_stride, kv_stride, heads * d, scale};
 #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
     for (int64_t b = 0; b < batch; b++)
         for (int64_t h = 0; h < heads; h++) {
-            const int64_t at_q = b * n * z.wq + h * d, at_kv = b * l * z.wkv + h * d, at_o = b * n * z.wo + h * d;
+            const int64_t kv_row = kv_index ? kv_index[b] : b;
+            const int64_t at_q = b * n * z.wq + h * d, at_o = b * n * z.wo + h * d;
+            const int64_t at_kv = kv_row * l * z.wkv + h * d;
             float *ph = pt + (b * heads + h) * n * l;
 #define FORWARD(N, D) attention_forward_head(q + at_q, k + at_kv, v + at_kv, out + at_o, ph, N, l, D, z)
             BY_SIZE(FORWARD, n, d);
@@ -154,19 +157,24 @@ void attention_forward(const float *q, const float *k, const float *v, float *ou
         }
 }
 
-void attention_backward(const float *q, const float *k, const float *v, const float *pt, const float *dout,
-                        float *dq, float *dk, float *dv, int64_t batch, int64_t n, int64_t l, int64_t heads,
-                        int64_t d, int64_t q_stride, int64_t kv_stride, float scale, int threads)
+/* With kv_index, sample b reads the keys and values of row kv_index[b] and writes their gradients to
+ * its own row b of dk and dv (rows shared by several samples are summed by the caller). */
+void attention_backward(const float *q, const float *k, const float *v, const int64_t *kv_index, const float *pt,
+                        const float *dout, float *dq, float *dk, float *dv, int64_t batch, int64_t n, int64_t l,
+                        int64_t heads, int64_t d, int64_t q_stride, int64_t kv_stride, float scale, int threads)
 {
     const Shape z = {n, l, d, q_stride, kv_stride, heads * d, scale};
 #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
     for (int64_t b = 0; b < batch; b++)
         for (int64_t h = 0; h < heads; h++) {
-            const int64_t at_q = b * n * z.wq + h * d, at_kv = b * l * z.wkv + h * d, at_o = b * n * z.wo + h * d;
+            const int64_t kv_row = kv_index ? kv_index[b] : b;
+            const int64_t at_q = b * n * z.wq + h * d, at_o = b * n * z.wo + h * d;
+            const int64_t at_kv = kv_row * l * z.wkv + h * d;
+            const int64_t at_dkv = b * l * z.wkv + h * d;
             const float *ph = pt + (b * heads + h) * n * l;
 #define BACKWARD(N, D)                                                                                   \
-    attention_backward_head(q + at_q, k + at_kv, v + at_kv, ph, dout + at_o, dq + at_q, dk + at_kv,     \
-                            dv + at_kv, N, l, D, z)
+    attention_backward_head(q + at_q, k + at_kv, v + at_kv, ph, dout + at_o, dq + at_q, dk + at_dkv,    \
+                            dv + at_dkv, N, l, D, z)
             BY_SIZE(BACKWARD, n, d);
 #undef BACKWARD
         }

@@ -39,10 +39,10 @@ BUILD_TIMEOUT_S = 120
 
 # pointers are passed as addresses (``tensor.data_ptr()``): the cheapest call ctypes makes
 _F, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-# the C signatures: float pointers first, then sizes (int64), scalars, and the thread count
+# the C signatures: pointers first (float, or int64 for an index), then sizes (int64), scalars, and the thread count
 SIGNATURES = {
-    "attention_forward": [_F] * 5 + [_I64] * 7 + [ctypes.c_float, _INT],
-    "attention_backward": [_F] * 8 + [_I64] * 7 + [ctypes.c_float, _INT],
+    "attention_forward": [_F] * 6 + [_I64] * 7 + [ctypes.c_float, _INT],
+    "attention_backward": [_F] * 9 + [_I64] * 7 + [ctypes.c_float, _INT],
     "group_norm_forward": [_F] * 7 + [_I64] * 4 + [ctypes.c_float, _INT, _INT],
     "group_norm_backward": [_F] * 11 + [_I64] * 4 + [_INT, _INT],
     "geglu_forward": [_F] * 2 + [_I64] * 2 + [_INT],

@@ -183,12 +183,13 @@ class TimestepSequential(nn.Sequential):
     """Run layers in order, handing each what it needs: ResBlocks get the time
     embedding, SpatialTransformers the context, the rest only the map."""
 
-    def forward(self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor,
+                context_index: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 h = layer(h, emb)
             elif isinstance(layer, SpatialTransformer):
-                h = layer(h, context)
+                h = layer(h, context, context_index)
             else:
                 h = layer(h)
         return h
@@ -257,11 +258,15 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                context_index: torch.Tensor | None = None) -> torch.Tensor:
         """
         :param x: (B, in_channels, H, W) noisy latents; H and W multiples of ``config.size_multiple``
         :param t: (B,) timesteps (int or float), or a scalar for the whole batch
         :param context: (B, L, context_dim) prompt tokens from the prompt encoder
+        :param context_index: optional (B,) row of ``context`` that each example uses; ``context`` then
+            holds the P distinct prompts of the batch (P, L, context_dim), and each cross-attention
+            projects them once (the same result as ``context[context_index]``, with less work)
         :returns: (B, out_channels, H, W)
         """
         cfg = self.config
@@ -273,8 +278,9 @@ class UNet(nn.Module):
             f"Pad or crop the input."
         )
         assert c == cfg.in_channels, f"expected {cfg.in_channels} input channels, got x of shape {tuple(x.shape)}"
-        assert context.shape[0] == b and context.shape[-1] == cfg.context_dim, (
-            f"context must be (B={b}, L, {cfg.context_dim}), got {tuple(context.shape)}"
+        rows = b if context_index is None else context_index.shape[0]
+        assert rows == b and context.shape[-1] == cfg.context_dim, (
+            f"context must be (B={b}, L, {cfg.context_dim}) (or context_index (B={b},)), got {tuple(context.shape)}"
         )
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
@@ -284,11 +290,13 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         skips = [h]
         for block in self.down_blocks:
-            h = block(h, emb, context)
+            h = block(h, emb, context, context_index)
             skips.append(h)
-        h = self.mid_block(h, emb, context)
+        h = self.mid_block(h, emb, context, context_index)
         for block in self.up_blocks:
-            # skip connection by concatenation: (B, C, h, w) + (B, C_skip, h, w) -> (B, C + C_skip, h, w)
-            h = torch.cat([h, self.skip_scale * skips.pop()], dim=1)
-            h = block(h, emb, context)
+            # skip connection by concatenation: (B, C, h, w) + (B, C_skip, h, w) -> (B, C + C_skip, h, w),
+            # the skip scaled only when asked to (the product is a pass over it, forward and backward)
+            skip = skips.pop()
+            h = torch.cat([h, skip if self.skip_scale == 1.0 else self.skip_scale * skip], dim=1)
+            h = block(h, emb, context, context_index)
         return self.conv_out(group_norm(self.norm_out, h, silu=True))
