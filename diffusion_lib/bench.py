@@ -18,7 +18,8 @@ What it measures, each as the median over repeated timed iterations after warm-u
 * with ``--options``, our denoiser's training step with each CPU option on its own and all
   together, against none of them: channels_last, the tiny-map shortcuts (``layers.Conv3x3``
   and explicit attention), the transformers' large linear layers as oneDNN convolutions
-  (``layers.linear``, x86-64) and encoding each distinct prompt once;
+  (``layers.linear``, x86-64), the fused C kernels (``fused.py``: attention, GroupNorm + SiLU,
+  GEGLU) and encoding each distinct prompt once (and projecting it once in cross-attention);
 * autoencoder training throughput (batch 128, 1x32x32);
 * sampling: seconds for 100 images with DPM-Solver++ 20 steps, DDIM 50 and DDPM 1000,
   all with classifier-free guidance (conditional and unconditional in one batch), decoding included.
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import native
 from .allocator import keep_freed_memory
 from .autoencoder import AutoencoderConfig, AutoencoderKL, vae_loss
 from .denoiser import Denoiser, default_denoiser_config
@@ -250,14 +252,15 @@ def peak_share(timing: Timing) -> str:
             f"{100 * gflops / peak[0]:.1f}% of the CPU's estimated peak {peak[0]:.0f} GFLOP/s ({peak[1]})")
 
 
-# (name, channels_last, tiny-map shortcuts, oneDNN linear layers, distinct prompts)
+# (name, channels_last, tiny-map shortcuts, oneDNN linear layers, fused C kernels, distinct prompts)
 OPTIONS = (
-    ("none of the options", False, False, False, False),
-    ("channels_last only", True, False, False, False),
-    ("tiny-map shortcuts only", False, True, False, False),
-    ("oneDNN linear layers only", False, False, True, False),
-    ("each distinct prompt once only", False, False, False, True),
-    ("all four (the trainer's CPU default)", True, True, True, True),
+    ("none of the options", False, False, False, False, False),
+    ("channels_last only", True, False, False, False, False),
+    ("tiny-map shortcuts only", False, True, False, False, False),
+    ("oneDNN linear layers only", False, False, True, False, False),
+    ("fused C kernels only", False, False, False, True, False),
+    ("each distinct prompt once only", False, False, False, False, True),
+    ("all five (the trainer's CPU default)", True, True, True, True, True),
 )
 
 
@@ -266,14 +269,14 @@ def bench_options(prompts: torch.Tensor, batch: int, rounds: int, warmup: int, d
     timed steps each per round, so that a machine that speeds up or slows down affects them alike."""
     denoiser = Denoiser(default_denoiser_config())
     steps = {}
-    for name, channels_last, tiny_maps, onednn_linear, distinct in OPTIONS:
+    for name, channels_last, tiny_maps, onednn_linear, fused, distinct in OPTIONS:
         # a copy per setting, each in its own memory order with its own optimizer, so no step converts anything
         model = copy.deepcopy(denoiser).to(device).train()
         model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         step = training_step(model, training_inputs(prompts, batch, device, channels_last), distinct)
 
-        def run(step=step, tiny_maps=tiny_maps, onednn_linear=onednn_linear):
-            with reference_kernels(tiny_maps=not tiny_maps, linear=not onednn_linear):
+        def run(step=step, tiny_maps=tiny_maps, onednn_linear=onednn_linear, fused=fused):
+            with reference_kernels(tiny_maps=not tiny_maps, linear=not onednn_linear, fused=not fused):
                 step()
 
         steps[name] = run
@@ -371,8 +374,15 @@ def environment(device: str, channels_last: bool | None, compile: bool) -> str:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     return (f"device: {dev} ({name}), dtype: float32, torch {torch.__version__}, threads: {torch.get_num_threads()}, "
             f"channels_last: {channels_last}, tiny-map shortcuts: {dev.type == 'cpu'}, "
-            f"oneDNN linear layers: {dev.type == 'cpu' and ONEDNN_X86}, "
+            f"oneDNN linear layers: {dev.type == 'cpu' and ONEDNN_X86}, fused C kernels: {fused_kernels(dev)}, "
             f"each distinct prompt encoded once: True, torch.compile: {compile}")
+
+
+def fused_kernels(dev: torch.device) -> str:
+    """Whether the fused C kernels (``fused.py``) run on ``dev``, or why not."""
+    if dev.type != "cpu":
+        return "False (CPU only)"
+    return "True" if native.library() is not None else f"False ({native.unavailable_reason()})"
 
 
 def format_rows(rows: list[Timing], comparison: Comparison | None = None, device: str = "cpu") -> str:

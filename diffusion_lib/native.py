@@ -53,11 +53,17 @@ _reason: str | None = None
 
 
 def cache_folder() -> Path:
-    """Where built kernels are kept (see the module docstring)."""
+    """Where built kernels are kept (see the module docstring).
+
+    :raises RuntimeError: no absolute folder can be named (no home folder, a relative variable)
+    """
     if os.environ.get("DIFFUSION_KERNEL_CACHE"):
-        return Path(os.environ["DIFFUSION_KERNEL_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "diffusion_lib"
+        folder = Path(os.environ["DIFFUSION_KERNEL_CACHE"])
+    else:
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diffusion_lib"
+    if not folder.is_absolute():  # never a folder relative to wherever the program was started
+        raise RuntimeError(f"no absolute folder for the built kernels ({folder}); set DIFFUSION_KERNEL_CACHE")
+    return folder
 
 
 def _compiler() -> str | None:

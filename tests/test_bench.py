@@ -32,7 +32,7 @@ def test_tiny_bench_runs_every_measurement():
     assert names[0] == "denoiser training (ours)" and "diffusers" in names[1]
     # each CPU option alone and all together, against none of them (x1.00 by definition)
     options = [n for n in names if n.strip().startswith("options:")]
-    assert len(options) == 6 and options[0].endswith("(x1.00)") and "all four" in options[-1]
+    assert len(options) == 7 and options[0].endswith("(x1.00)") and "all five" in options[-1]
     assert any(n.startswith("autoencoder") for n in names)
     assert sum(n.startswith("sample") for n in names) == 3
     assert all(r.value > 0 for r in rows)
