@@ -27,9 +27,11 @@ A :class:`SpatialTransformer` wraps these for feature maps: it flattens the
 each pre-normed and residual) and folds the tokens back into a map.
 
 Large maps use ``F.scaled_dot_product_attention``, which never stores ``A``;
-tiny ones (on the CPU) compute ``A`` explicitly, which is faster there. To look
-at the maps, wrap a forward pass in :func:`record_attention`; only then is ``A``
-kept. The projections are :class:`~diffusion_lib.layers.Linear`: ``nn.Linear``
+tiny ones (on the CPU) compute ``A`` explicitly, which is faster there: all heads
+in one C kernel (``fused.attention_rows``) that reads Q, K and V where one packed
+projection wrote them, or with PyTorch's products where the kernel cannot run.
+To look at the maps, wrap a forward pass in :func:`record_attention`; only then
+is ``A`` kept. The projections are :class:`~diffusion_lib.layers.Linear`: ``nn.Linear``
 with the same weights, whose large products run faster on an x86-64 CPU.
 """
 
@@ -111,8 +113,9 @@ class Attention(nn.Module):
         self.recorder: tuple[dict[str, list[torch.Tensor]], str] | None = None
 
     # On the CPU, an N x L matrix of at most this many entries (a 4x4 map looking at itself,
-    # or at 8 prompt tokens) is computed explicitly: for so few entries the three plain
-    # matrix products beat the fused kernel by 30-50%, forward and backward, and storing A costs nothing.
+    # or at 8 prompt tokens) runs in the fused C kernel of fused.py, or, where that cannot run, is
+    # computed explicitly: for so few entries the three plain matrix products beat PyTorch's fused
+    # kernel by 30-50%, forward and backward, and storing A costs nothing.
     explicit_max_entries = 256
     # ... and as A^T (attention_keys_major) when there are fewer keys than this: the softmax of a row of
     # 8 prompt tokens (or of a 2x2 map's 4 pixels) does not fill a 16-float AVX-512 register
@@ -159,9 +162,12 @@ class Attention(nn.Module):
         :returns: (B, N, query_dim)
         """
         context = x if context is None else context
-        small = shortcuts_enabled(x) and x.shape[1] * context.shape[1] <= self.explicit_max_entries
-        if small and key_mask is None and attention_rows_applies(x, x.shape[1], context.shape[1]):
+        n, l = x.shape[1], context.shape[1]
+        # a small N x L matrix: all heads in the fused C kernel where it runs (fused.py), else explicitly
+        small = n * l <= self.explicit_max_entries
+        if small and key_mask is None and attention_rows_applies(x, n, l):
             return self._forward_fused(x, context, context_index)
+        small = small and shortcuts_enabled(x)
         if context_index is not None:
             context = context[context_index]  # (B, L, context_dim): each example's own prompt
         q = self._split_heads(self.to_q(x))  # (B, heads, N, d)
