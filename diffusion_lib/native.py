@@ -32,8 +32,10 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("kernels.c")
 # compiled with -ffast-math (expf and erff vectorise) but linked without it: linking with it would add
-# crtfastmath, which sets flush-to-zero for the whole process when the library loads
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC")
+# crtfastmath, which sets flush-to-zero for the whole process when the library loads. 512-bit vectors where
+# the CPU has them (gcc's tuning prefers 256 bits on several that do): GroupNorm + SiLU ran 1.2-1.3x faster.
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+FLAGS = ("-O3", "-march=native", *(("-mprefer-vector-width=512",) if X86 else ()), "-ffast-math", "-fopenmp", "-fPIC")
 LINK_FLAGS = ("-shared", "-fopenmp")
 BUILD_TIMEOUT_S = 120
 
