@@ -33,29 +33,47 @@
 #define INLINE static inline __attribute__((always_inline))
 
 typedef struct {
-    int64_t n, l, d;      /* queries, keys, head width */
+    int64_t n, l, d;      /* queries, keys, head width (the head functions take n and d again: constants
+                             where BY_SIZE can make them so) */
     int64_t wq, wkv, wo;  /* row strides of q (and dq), of k and v (and dk, dv), of out (and dout) */
     float scale;
 } Shape;
+
+/* xt (D x N) = scale * x^T for N rows of D values, row stride w: a local copy to run along the rows */
+INLINE void transpose_rows(const float *restrict x, const int64_t w, const float scale, float *restrict xt,
+                           const int64_t n, const int64_t d)
+{
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t c = 0; c < d; c++) xt[c * n + i] = x[i * w + c] * scale;
+}
+
+/* out (L x N) = y x^T, from L rows y_j (D values, row stride w) and xt = x^T (D x N):
+ * out_ji = sum_c y_j[c] xt[c][i], each row a loop along the N columns */
+INLINE void rows_times_transposed(const float *restrict y, const int64_t w, const float *restrict xt,
+                                  float *restrict out, const int64_t n, const int64_t l, const int64_t d)
+{
+    for (int64_t j = 0; j < l; j++) {
+        float *row = out + j * n;
+        for (int64_t i = 0; i < n; i++) row[i] = 0.0f;
+        for (int64_t c = 0; c < d; c++) {
+            const float yc = y[j * w + c];
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++) row[i] += yc * xt[c * n + i];
+        }
+    }
+}
 
 INLINE void attention_forward_head(const float *restrict q, const float *restrict k, const float *restrict v,
                                    float *restrict out, float *restrict pt, const int64_t n, const int64_t l,
                                    const int64_t d, const Shape z)
 {
     float qt[d * n], top[n], total[n], o[n * d];
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t c = 0; c < d; c++) qt[c * n + i] = q[i * z.wq + c] * z.scale;
-    /* s_ji = sum_c k_j[c] (q_i[c] * scale), a row of S^T per key j; the running max over keys */
-    for (int64_t j = 0; j < l; j++) {
-        float *s = pt + j * n;
-        for (int64_t i = 0; i < n; i++) s[i] = 0.0f;
-        for (int64_t c = 0; c < d; c++) {
-            const float kc = k[j * z.wkv + c];
-#pragma omp simd
-            for (int64_t i = 0; i < n; i++) s[i] += kc * qt[c * n + i];
-        }
-        for (int64_t i = 0; i < n; i++) top[i] = j == 0 || s[i] > top[i] ? s[i] : top[i];
-    }
+    /* S^T = K (Q scale)^T: s_ji = sum_c k_j[c] q_i[c] scale, a row per key j */
+    transpose_rows(q, z.wq, z.scale, qt, n, d);
+    rows_times_transposed(k, z.wkv, qt, pt, n, l, d);
+    for (int64_t i = 0; i < n; i++) top[i] = pt[i];
+    for (int64_t j = 1; j < l; j++)
+        for (int64_t i = 0; i < n; i++) top[i] = pt[j * n + i] > top[i] ? pt[j * n + i] : top[i];
     /* a_ij = exp(s_ij - max_j s_ij) / sum_j exp(...) */
     for (int64_t i = 0; i < n; i++) total[i] = 0.0f;
     for (int64_t j = 0; j < l; j++) {
@@ -92,20 +110,12 @@ INLINE void attention_backward_head(const float *restrict q, const float *restri
                                     const int64_t d, const Shape z)
 {
     float got[d * n], ds[l * n], along[n], dq_acc[n * d];
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t c = 0; c < d; c++) got[c * n + i] = dout[i * z.wo + c];
+    /* dP^T = V dO^T: dp_ji = sum_c v_j[c] dO_i[c]; along_i = sum_j a_ij dP_ij */
+    transpose_rows(dout, z.wo, 1.0f, got, n, d);
+    rows_times_transposed(v, z.wkv, got, ds, n, l, d);
     for (int64_t i = 0; i < n; i++) along[i] = 0.0f;
-    /* dP^T row j: dp_ji = sum_c v_j[c] dO_i[c]; along_i = sum_j a_ij dP_ij */
-    for (int64_t j = 0; j < l; j++) {
-        float *dp = ds + j * n;
-        for (int64_t i = 0; i < n; i++) dp[i] = 0.0f;
-        for (int64_t c = 0; c < d; c++) {
-            const float vc = v[j * z.wkv + c];
-#pragma omp simd
-            for (int64_t i = 0; i < n; i++) dp[i] += vc * got[c * n + i];
-        }
-        for (int64_t i = 0; i < n; i++) along[i] += pt[j * n + i] * dp[i];
-    }
+    for (int64_t j = 0; j < l; j++)
+        for (int64_t i = 0; i < n; i++) along[i] += pt[j * n + i] * ds[j * n + i];
     for (int64_t i = 0; i < n * d; i++) dq_acc[i] = 0.0f;
     for (int64_t j = 0; j < l; j++) {
         const float *a = pt + j * n;
@@ -139,6 +149,21 @@ INLINE void attention_backward_head(const float *restrict q, const float *restri
         else call(n, d);                            \
     } while (0)
 
+typedef struct {
+    int64_t q, o, kv, own_kv, weights;
+} Offsets;
+
+/* Where head h of sample b starts: in q (and dq), out (and dout), the keys and values it reads (row
+ * kv_index[b] when given), its own row b of dk and dv, and its weights A^T */
+INLINE Offsets head_offsets(const Shape z, const int64_t *kv_index, const int64_t heads, const int64_t b,
+                            const int64_t h)
+{
+    const int64_t kv_row = kv_index ? kv_index[b] : b;
+    const Offsets at = {b * z.n * z.wq + h * z.d, b * z.n * z.wo + h * z.d, kv_row * z.l * z.wkv + h * z.d,
+                        b * z.l * z.wkv + h * z.d, (b * heads + h) * z.n * z.l};
+    return at;
+}
+
 void attention_forward(const float *q, const float *k, const float *v, const int64_t *kv_index, float *out,
                        float *pt, int64_t batch, int64_t n, int64_t l, int64_t heads, int64_t d, int64_t q_stride,
                        int64_t kv_stride, float scale, int threads)
@@ -147,11 +172,9 @@ void attention_forward(const float *q, const float *k, const float *v, const int
 #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
     for (int64_t b = 0; b < batch; b++)
         for (int64_t h = 0; h < heads; h++) {
-            const int64_t kv_row = kv_index ? kv_index[b] : b;
-            const int64_t at_q = b * n * z.wq + h * d, at_o = b * n * z.wo + h * d;
-            const int64_t at_kv = kv_row * l * z.wkv + h * d;
-            float *ph = pt + (b * heads + h) * n * l;
-#define FORWARD(N, D) attention_forward_head(q + at_q, k + at_kv, v + at_kv, out + at_o, ph, N, l, D, z)
+            const Offsets at = head_offsets(z, kv_index, heads, b, h);
+#define FORWARD(N, D) \
+    attention_forward_head(q + at.q, k + at.kv, v + at.kv, out + at.o, pt + at.weights, N, l, D, z)
             BY_SIZE(FORWARD, n, d);
 #undef FORWARD
         }
@@ -167,14 +190,10 @@ void attention_backward(const float *q, const float *k, const float *v, const in
 #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
     for (int64_t b = 0; b < batch; b++)
         for (int64_t h = 0; h < heads; h++) {
-            const int64_t kv_row = kv_index ? kv_index[b] : b;
-            const int64_t at_q = b * n * z.wq + h * d, at_o = b * n * z.wo + h * d;
-            const int64_t at_kv = kv_row * l * z.wkv + h * d;
-            const int64_t at_dkv = b * l * z.wkv + h * d;
-            const float *ph = pt + (b * heads + h) * n * l;
-#define BACKWARD(N, D)                                                                                   \
-    attention_backward_head(q + at_q, k + at_kv, v + at_kv, ph, dout + at_o, dq + at_q, dk + at_dkv,    \
-                            dv + at_dkv, N, l, D, z)
+            const Offsets at = head_offsets(z, kv_index, heads, b, h);
+#define BACKWARD(N, D)                                                                                      \
+    attention_backward_head(q + at.q, k + at.kv, v + at.kv, pt + at.weights, dout + at.o, dq + at.q,        \
+                            dk + at.own_kv, dv + at.own_kv, N, l, D, z)
             BY_SIZE(BACKWARD, n, d);
 #undef BACKWARD
         }
