@@ -123,13 +123,36 @@ def attention_rows(queries: torch.Tensor, keys_values: torch.Tensor | None, head
     """
     width = queries.shape[-1] // 3 if keys_values is None else keys_values.shape[-1] // 2
     kv = queries if keys_values is None else keys_values
-    if not attention_rows_applies(queries, queries.shape[1], kv.shape[1]) or width % heads:
+    _check_packing(queries, keys_values, kv_index, width)
+    if (not attention_rows_applies(queries, queries.shape[1], kv.shape[1]) or width % heads
+            or kv.dtype != queries.dtype):
         if kv_index is not None:
             kv = kv[kv_index]
         q = queries[..., :width]
         k, v = kv[..., -2 * width:].split(width, dim=-1)
         return _formula(q, k, v, heads)
     return _Attention.apply(queries, keys_values, kv_index, heads, width)
+
+
+def _check_packing(queries: torch.Tensor, keys_values: torch.Tensor | None, kv_index: torch.Tensor | None,
+                   width: int) -> None:
+    """The shapes :func:`attention_rows` takes, checked before the C kernel reads memory by them.
+
+    :raises ValueError: the packings do not fit together; ``IndexError``: ``kv_index`` points outside ``keys_values``
+    """
+    if keys_values is None:
+        if queries.shape[-1] % 3 or kv_index is not None:
+            raise ValueError(f"self-attention takes one packed [Q | K | V] (B, N, 3 width) and no index; got "
+                             f"{tuple(queries.shape)}{' and an index' if kv_index is not None else ''}")
+        return
+    rows = keys_values.shape[0] if kv_index is None else kv_index.shape[0]
+    if keys_values.shape[-1] % 2 or queries.shape[-1] != width or rows != queries.shape[0]:
+        index = "" if kv_index is None else f", index {tuple(kv_index.shape)}"
+        raise ValueError(f"Q (B, N, width) and [K | V] (B, L, 2 width) do not fit: {tuple(queries.shape)} and "
+                         f"{tuple(keys_values.shape)}{index}")
+    if kv_index is not None and kv_index.numel() and (kv_index.min() < 0 or kv_index.max() >= keys_values.shape[0]):
+        raise IndexError(f"kv_index holds rows {kv_index.min().item()}..{kv_index.max().item()}, but keys_values has "
+                         f"{keys_values.shape[0]}")
 
 
 class _GroupNorm(torch.autograd.Function):
@@ -173,9 +196,9 @@ def group_norm(norm: nn.GroupNorm, x: torch.Tensor, silu: bool, shift: torch.Ten
     :param shift: optional (B, C), added to every pixel of ``x`` first (a ResBlock's time embedding)
     :returns: (B, C, H, W), in the memory order of ``x``
     """
-    if (_kernels(x) is None or x.dim() != 4 or norm.weight is None
-            or not x.is_contiguous(memory_format=torch.channels_last)
-            or (shift is not None and shift.shape != x.shape[:2])):
+    if (_kernels(x) is None or x.dim() != 4 or norm.weight is None or norm.weight.dtype != x.dtype
+            or not x.is_contiguous(memory_format=torch.channels_last) or x.shape[1] % norm.num_groups
+            or (shift is not None and (shift.shape != x.shape[:2] or shift.dtype != x.dtype))):
         if shift is not None:
             x = x + shift[:, :, None, None]
         return F.silu(norm(x)) if silu else norm(x)

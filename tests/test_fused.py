@@ -228,3 +228,17 @@ def test_a_relative_cache_folder_is_refused(tmp_path):
                           env={**os.environ, "DIFFUSION_KERNEL_CACHE": "relative/kernels"})
     assert "LOADED False" in done.stdout and "DIFFUSION_KERNEL_CACHE" in done.stdout
     assert not (tmp_path / "relative").exists()
+
+
+def test_packings_that_do_not_fit_are_refused_before_the_kernel_reads_memory():
+    q, kv = torch.randn(4, 16, 64), torch.randn(2, 8, 128)
+    with pytest.raises(IndexError, match="kv_index holds rows 0..2, but keys_values has 2"):
+        fused.attention_rows(q, kv, 4, torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(IndexError, match="rows -1"):
+        fused.attention_rows(q, kv, 4, torch.tensor([0, 1, -1, 0]))
+    with pytest.raises(ValueError, match="do not fit"):
+        fused.attention_rows(q, kv, 4)  # 4 queries' samples, 2 rows of keys and no index
+    with pytest.raises(ValueError, match="do not fit"):
+        fused.attention_rows(torch.randn(2, 16, 32), kv, 4)
+    with pytest.raises(ValueError, match="packed"):
+        fused.attention_rows(torch.randn(2, 16, 100), None, 4)
