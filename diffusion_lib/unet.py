@@ -278,7 +278,7 @@ class UNet(nn.Module):
             f"Pad or crop the input."
         )
         assert c == cfg.in_channels, f"expected {cfg.in_channels} input channels, got x of shape {tuple(x.shape)}"
-        rows = b if context_index is None else context_index.shape[0]
+        rows = context.shape[0] if context_index is None else context_index.shape[0]  # one context per example
         assert rows == b and context.shape[-1] == cfg.context_dim, (
             f"context must be (B={b}, L, {cfg.context_dim}) (or context_index (B={b},)), got {tuple(context.shape)}"
         )

@@ -58,6 +58,18 @@ def test_wrong_size_says_which_sizes_work(denoiser):
         unet(torch.randn(1, 4, 7, 8), torch.tensor([0]), torch.randn(1, 3, 8))
 
 
+def test_a_context_per_example_is_checked():
+    unet = UNet(UNetConfig(channel_mult=(1, 2), attention_levels=(1,), context_dim=8))
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([0, 1, 2])
+    with pytest.raises(AssertionError, match=r"context must be \(B=3, L, 8\)"):
+        unet(x, t, torch.randn(2, 5, 8))
+    with pytest.raises(AssertionError, match=r"context_index \(B=3,\)"):
+        unet(x, t, torch.randn(2, 5, 8), context_index=torch.tensor([0, 1]))
+    # two distinct contexts, looked up by index: the same as each example's own
+    contexts, index = torch.randn(2, 5, 8), torch.tensor([1, 0, 1])
+    torch.testing.assert_close(unet(x, t, contexts, context_index=index), unet(x, t, contexts[index]))
+
+
 def test_bad_config_is_a_clear_error():
     with pytest.raises(ValueError, match="attention_levels"):
         UNetConfig(channel_mult=(1, 2), attention_levels=(2,))
