@@ -164,10 +164,10 @@ class Attention(nn.Module):
         context = x if context is None else context
         n, l = x.shape[1], context.shape[1]
         # a small N x L matrix: all heads in the fused C kernel where it runs (fused.py), else explicitly
-        small = n * l <= self.explicit_max_entries
-        if small and key_mask is None and attention_rows_applies(x, n, l):
+        tiny = n * l <= self.explicit_max_entries
+        if tiny and key_mask is None and attention_rows_applies(x, n, l):
             return self._forward_fused(x, context, context_index)
-        small = small and shortcuts_enabled(x)
+        small = tiny and shortcuts_enabled(x)
         if context_index is not None:
             context = context[context_index]  # (B, L, context_dim): each example's own prompt
         q = self._split_heads(self.to_q(x))  # (B, heads, N, d)
